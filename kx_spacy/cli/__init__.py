@@ -1,0 +1,27 @@
+"""The ``kx_spacy`` command line (also ``python -m kx_spacy``), called by project.yml.
+
+Each command lives in its own module below and registers itself on ``app``; heavy
+imports happen inside the command functions.
+"""
+import typer
+
+app = typer.Typer(
+    name="kx_spacy",
+    help="kx_spacy commands: demo, pretraining, evaluation, benchmarks.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+
+@app.callback()
+def _group() -> None:
+    """kx_spacy: research components for spaCy over one shared transformer."""
+
+
+# Command modules: importing one registers its commands on ``app``.
+from . import demo  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,62 @@
+"""The demo behind `kx_spacy demo` (the README's first command).
+
+Builds one English pipeline on the packaged MiniLM encoder and one Chinese pipeline on the
+project's character MLM, runs every kx component and prints what each computed. Each
+component's section is a function below; all share the same pipelines and the ONE
+transformer pipe in each.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+EN_TEXT = "The quick brown fox jumps over the lazy dog. I liked this movie very much."
+ZH_TEXT = "我爱北京天安门。今天天气很好，我们去公园散步。"
+
+
+def _heading(title: str) -> None:
+    print(f"\n=== {title} " + "=" * max(0, 70 - len(title)))
+
+
+def _demo_transformer(en, zh) -> None:
+    """What the shared transformer produced (the foundation)."""
+    from .backbone import Backbone
+
+    for label, nlp, text in (("English", en, EN_TEXT), ("Chinese", zh, ZH_TEXT)):
+        doc = nlp(text)
+        backbone = Backbone.from_nlp(nlp)
+        pieces = backbone.doc_wordpieces(doc)
+        cfg = backbone.config
+        print(
+            f"{label}: pipes={nlp.pipe_names} encoder={cfg.model_type} layers={cfg.num_hidden_layers} "
+            f"width={cfg.hidden_size} window={backbone.max_positions} device={backbone.device} dtype={backbone.dtype}"
+        )
+        print(f"  {len(doc)} tokens -> {int(pieces.attention_mask.sum())} word pieces in {pieces.input_ids.shape[0]} span(s)")
+        first = doc._.trf_data.model_output.last_hidden_state[0][0][:4]
+        print(f"  first piece's last-layer vector starts {[round(x.item(), 3) for x in first]}")
+
+
+def _demo_perturbed(en, zh) -> None:
+    """kx_segmenter / kx_parser (issue 3)."""
+
+
+def _demo_attribution(en, zh) -> None:
+    """kx_attributor (issue 5)."""
+
+
+def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] = None) -> None:
+    from .encoders import chinese_encoder_path, english_encoder_path
+    from .testing import make_pipeline
+
+    en_name = english_encoder_path(english_model)
+    zh_name = chinese_encoder_path(chinese_model)
+    _heading("Pipelines")
+    print(f"English encoder: {en_name}\nChinese encoder: {zh_name}")
+    en = make_pipeline("en", en_name, window=128, stride=96)
+    zh = make_pipeline("zh", zh_name, window=128, stride=96)
+    for title, section in (
+        ("Shared transformer", _demo_transformer),
+        ("Perturbed masking: kx_segmenter, kx_parser", _demo_perturbed),
+        ("Integrated gradients: kx_attributor", _demo_attribution),
+    ):
+        _heading(title)
+        section(en, zh)

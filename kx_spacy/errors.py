@@ -23,3 +23,32 @@ class NoMaskTokenError(KxError):
 
 class MissingTrfDataError(KxError):
     """A Doc carries no transformer output: the transformer pipe has not run on it."""
+
+
+class InvalidScoresError(KxError):
+    """Arc scores, a root index or a sentence length given to a tree decoder are invalid."""
+
+
+class DataFormatError(KxError):
+    """An input file (CoNLL-U, SIGHAN bakeoff) is malformed or does not match its gold."""
+
+
+# --- attribution (issue 5) ---
+class MissingClassifierError(KxError):
+    """kx_attributor: the pipeline has no text classifier pipe of the configured name."""
+
+
+class UnsupportedClassifierError(KxError):
+    """kx_attributor: the named pipe is not a textcat / textcat_multilabel pipe."""
+
+
+class ClassifierNotListeningError(KxError):
+    """kx_attributor: the classifier does not listen to the transformer (no gradient path)."""
+
+
+class UnknownLabelError(KxError):
+    """kx_attributor: a label to explain is not one of the classifier's labels."""
+
+
+class AttributionConfigError(KxError):
+    """kx_attributor: an invalid setting (tolerance, steps, quadrature, baseline)."""

@@ -21,6 +21,7 @@ def _group() -> None:
 
 # Command modules: importing one registers its commands on ``app``.
 from . import demo  # noqa: E402,F401
+from . import pipelines  # noqa: E402,F401
 
 
 def main() -> None:

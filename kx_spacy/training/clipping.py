@@ -1,0 +1,95 @@
+"""Gradient clipping shared by the kx training loops.
+
+Two forms, both over the *global* norm of all gradients together (Zhang, He, Sra & Jadbabaie,
+"Why gradient clipping accelerates training", ICLR 2020):
+
+- hard clipping: ``g ← g · min(1, max_norm / ‖g‖)``;
+- smooth clipping: ``g ← g · γ / (‖g‖ + γ)``, which shrinks every step a little and large
+  steps a lot, with no kink at the threshold.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable, List, Optional
+
+from ..errors import KxError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+class ClippingError(KxError):
+    """A clipping setting is invalid (negative or zero threshold, unknown mode)."""
+
+
+def _grads(parameters: Iterable["torch.nn.Parameter"]) -> List["torch.Tensor"]:
+    return [p.grad for p in parameters if getattr(p, "grad", None) is not None]
+
+
+def global_grad_norm(parameters: Iterable["torch.nn.Parameter"]) -> float:
+    """The L2 norm of all gradients taken as one vector.
+
+    parameters (Iterable[torch.nn.Parameter]): parameters whose ``.grad`` is read.
+    RETURNS (float): the global norm (0.0 when no parameter has a gradient; inf/nan propagate).
+    """
+    import torch
+
+    grads = _grads(parameters)
+    if not grads:
+        return 0.0
+    norms = torch.stack([g.detach().float().norm(2) for g in grads])
+    return float(norms.norm(2))
+
+
+def clip_grad_global_norm(parameters: Iterable["torch.nn.Parameter"], max_norm: float) -> float:
+    """Scale all gradients in place so that their global norm is at most ``max_norm``.
+
+    parameters (Iterable[torch.nn.Parameter]): parameters to clip.
+    max_norm (float): the threshold (> 0).
+    RETURNS (float): the global norm *before* clipping.
+    """
+    if not (max_norm > 0) or math.isinf(max_norm):
+        raise ClippingError(f"max_norm must be a positive finite number, got {max_norm!r}")
+    params = list(parameters)
+    norm = global_grad_norm(params)
+    if math.isfinite(norm) and norm > max_norm:
+        _scale(params, max_norm / norm)
+    return norm
+
+
+def smooth_clip_grad(parameters: Iterable["torch.nn.Parameter"], gamma: float) -> float:
+    """Scale all gradients in place by ``γ / (‖g‖ + γ)`` (smooth clipping, Zhang et al. 2020).
+
+    parameters (Iterable[torch.nn.Parameter]): parameters to clip.
+    gamma (float): the smoothness threshold γ (> 0): steps with ‖g‖ ≪ γ are nearly untouched,
+        steps with ‖g‖ ≫ γ end with norm close to γ (always below it).
+    RETURNS (float): the global norm *before* clipping.
+    """
+    if not (gamma > 0) or math.isinf(gamma):
+        raise ClippingError(f"gamma must be a positive finite number, got {gamma!r}")
+    params = list(parameters)
+    norm = global_grad_norm(params)
+    if math.isfinite(norm):
+        _scale(params, gamma / (norm + gamma))
+    return norm
+
+
+def clip_gradients(
+    parameters: Iterable["torch.nn.Parameter"], mode: Optional[str], threshold: float
+) -> float:
+    """Dispatch on ``mode``: "global_norm", "smooth" or None/"none" (norm only, no clipping).
+
+    RETURNS (float): the global norm before clipping.
+    """
+    if mode in (None, "", "none"):
+        return global_grad_norm(parameters)
+    if mode == "global_norm":
+        return clip_grad_global_norm(parameters, threshold)
+    if mode == "smooth":
+        return smooth_clip_grad(parameters, threshold)
+    raise ClippingError(f"Unknown clipping mode {mode!r}: use 'global_norm', 'smooth' or 'none'")
+
+
+def _scale(params: List["torch.nn.Parameter"], factor: float) -> None:
+    for g in _grads(params):
+        g.detach().mul_(factor)

@@ -11,7 +11,7 @@ VENV=${KX_VENV:-.venv}
 PY=${KX_PYTHON:-}
 if [ -z "$PY" ]; then
   for cand in python3.12 python3.11 python3; do
-    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" 2>/dev/null -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)'; then
       PY=$cand; break
     fi
   done

@@ -202,7 +202,9 @@ def sentence_to_example(nlp, sent: ConlluSentence):
     from spacy.tokens import Doc
     from spacy.training import Example
 
-    spaces = sent.spaces or [True] * len(sent)
+    spaces = list(sent.spaces or [True] * len(sent))
+    if spaces:
+        spaces[-1] = False
     heads = [h - 1 if h > 0 else i for i, h in enumerate(sent.heads)]
     deps = [d if h > 0 else "ROOT" for d, h in zip(sent.deprels, sent.heads)]
     pos = [p if p != "_" else "X" for p in sent.upos]

@@ -340,9 +340,9 @@ def chu_liu_edmonds(scores, root: Optional[int] = None) -> numpy.ndarray:
     s = s.copy()
     s[:, 0] = -numpy.inf
     numpy.fill_diagonal(s, -numpy.inf)
-    words = s[1:, 1:]
-    spread = float(words[numpy.isfinite(words)].max() - words[numpy.isfinite(words)].min())
-    spread = max(spread, float(numpy.ptp(s[0, 1:])))
+    arcs = s[:, 1:]
+    finite = arcs[numpy.isfinite(arcs)]
+    spread = float(finite.max() - finite.min())  # any arc, ROOT arcs included
     if root is not None:
         s[0, 1:] = -numpy.inf
         s[0, root] = 0.0

@@ -73,30 +73,51 @@ def _merge(base: Dict, extra: Dict) -> Dict:
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[Dict] = None) -> Dict:
     """Read a pretraining config, fill defaults, apply ``overrides`` (``{"training.lr": 1e-3}``).
 
+    Overrides are applied before ``${section.key}`` references are resolved (confection), so
+    ``--paths.data_dir /data`` moves every corpus path.
+
     path (Optional[Path]): a ``.cfg`` file; None gives the defaults.
     overrides (Optional[Dict]): dotted keys → values, as on spaCy's command line.
-    RETURNS (Dict): the interpolated config as plain dicts.
+    RETURNS (Dict): the resolved config as plain dicts.
     """
     from confection import Config
 
-    default = Config().from_str(DEFAULT_CONFIG_STR, interpolate=False)
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise PretrainConfigError(f"Config file {path} does not exist")
-        user = Config().from_disk(path, interpolate=False)
-        merged = Config(_merge(default, user))
-    else:
-        merged = default
+    overrides = dict(overrides or {})
     try:
-        cfg = Config(merged).interpolate() if not overrides else Config().from_str(
-            Config(merged).to_str(), overrides=overrides
-        )
+        cfg = _to_plain(Config().from_str(DEFAULT_CONFIG_STR))
+        if path is not None:
+            path = Path(path)
+            if not path.exists():
+                raise PretrainConfigError(f"Config file {path} does not exist")
+            raw = _to_plain(Config().from_disk(path, interpolate=False))
+            own = {k: v for k, v in overrides.items() if _has(raw, k)}
+            overrides = {k: v for k, v in overrides.items() if k not in own}
+            cfg = _merge(cfg, _to_plain(Config().from_disk(path, overrides=own)))
+    except PretrainConfigError:
+        raise
     except Exception as err:  # confection raises several error types
-        raise PretrainConfigError(f"Invalid pretraining config: {err}") from err
-    cfg = _to_plain(cfg)
+        raise PretrainConfigError(f"Invalid pretraining config {path}: {err}") from err
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = cfg
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise PretrainConfigError(f"Override {key}: no section {part!r} in the config")
+            node = node[part]
+        if parts[-1] not in node and len(parts) < 3:
+            raise PretrainConfigError(f"Override {key}: unknown setting (known: {sorted(node)})")
+        node[parts[-1]] = value
     validate_config(cfg)
     return cfg
+
+
+def _has(cfg: Dict, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _to_plain(obj):

@@ -48,14 +48,14 @@ def build_char_vocab(
     counts: Counter = Counter()
     for text in texts:
         counts.update(text)
-    chars = []
-    for ch, n in counts.most_common():
-        if n < min_count or ch.isspace() or unicodedata.category(ch)[0] == "C":
+    merged: Counter = Counter()
+    for ch, n in counts.items():
+        if ch.isspace() or unicodedata.category(ch)[0] == "C":
             continue
         norm = _normalise_char(ch, lowercase)
-        if len(norm) != 1:
-            continue
-        chars.append(norm)
+        if len(norm) == 1:
+            merged[norm] += n
+    chars = [ch for ch, n in sorted(merged.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
     seen, tokens = set(SPECIAL_TOKENS), list(SPECIAL_TOKENS)
     for ch in chars:
         if ch not in seen:

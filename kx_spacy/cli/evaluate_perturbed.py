@@ -1,0 +1,360 @@
+"""`kx_spacy evaluate-parser` and `kx_spacy evaluate-segmenter`: perturbed masking, scored.
+
+evaluate-parser: UD CoNLL-U in, one table out. Every row is scored on the same sentences:
+the impact matrices of each impact mode are computed once (all masked variants of all
+sentences batched by ``kx_spacy.perturbed.impact.compute_impacts``), turned into arc scores
+by each scoring, and decoded by Eisner and Chu-Liu/Edmonds with the root
+
+* ``gold``: the gold root forced (the paper's default; for comparison with it only),
+* ``pred``: the root from ``predict_root`` forced (a fair, unsupervised setting),
+* ``free``: the decoder's own choice from the ROOT arc scores;
+
+next to the right-chain, left-chain and star baselines (star on the gold root and on the
+predicted root). ``right-chain-ref`` is the official code's right chain with the gold root,
+whose last word points outside the sentence (kx's ``right_chain`` hangs it on the root). ``eisner-ref`` rows use the reference's decoder (Eisner over 0..n, ROOT may
+take several words) on the official scores, as the reference's ``--root gold`` run does.
+UAS and UUAS count every token, punctuation included (the official convention); the JSON
+also has the figures without punctuation and how often each root predictor is right.
+
+evaluate-segmenter: SIGHAN bakeoff input + gold + training word list in, bakeoff P / R / F
+and OOV recall out, for a ``kx_segmenter`` pipeline on any encoder (``nlp.pipe``, batched).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Sequence
+
+import typer
+
+from . import app
+
+# (label, impact mode, score mode, impact_to_scores kwargs, decoders)
+SCORINGS = {
+    "official": ("official", "official", {"softmax_quirk": True}, ("eisner", "eisner-ref", "cle")),
+    "official-fixed": ("official", "official", {"softmax_quirk": False}, ("eisner", "eisner-ref")),
+    "kx": ("kx", "kx", {}, ("eisner", "cle")),
+    "kx-raw": ("kx", "raw", {}, ("eisner", "cle")),
+    "kx-sym": ("kx", "symmetric", {}, ("eisner", "cle")),
+}
+DEFAULT_SCORINGS = ("official", "official-fixed", "kx", "kx-raw", "kx-sym")
+
+
+def _engine():
+    from ..perturbed import impact
+
+    return SimpleNamespace(
+        compute_impacts=impact.compute_impacts,
+        impact_to_scores=impact.impact_to_scores,
+        predict_root=impact.predict_root,
+        root_strategies=getattr(impact, "ROOT_STRATEGIES", ("root_row",)),
+    )
+
+
+def _decoders() -> Dict[str, Callable]:
+    from ..perturbed.trees import chu_liu_edmonds, eisner
+
+    return {
+        "eisner": lambda s, r: eisner(s, r),
+        # the reference's decoder: a gold root acts only through the score edit
+        "eisner-ref": lambda s, r: eisner(s, None, single_root=False),
+        "cle": lambda s, r: chu_liu_edmonds(s, r),
+    }
+
+
+def evaluate_parser(
+    sentences: Sequence,
+    backbone,
+    *,
+    scorings: Sequence[str] = DEFAULT_SCORINGS,
+    layers=-1,
+    distance: str = "euclidean",
+    root_strategy: str = "centrality",
+    batch_size: int = 256,
+    progress: bool = True,
+    engine=None,
+) -> Dict:
+    """Score the perturbed-masking parser and the baselines on the same sentences.
+
+    sentences (Sequence[ConlluSentence]): gold sentences (``kx_spacy.readers.read_conllu``).
+    backbone (Backbone): the encoder adapter.
+    scorings (Sequence[str]): which rows of ``SCORINGS`` to run.
+    layers (int or List[int]): hidden layer(s) for the impacts.
+    distance (str): impact distance ("euclidean", "cosine", "manhattan").
+    root_strategy (str): ``predict_root`` strategy for the ``pred`` rows.
+    batch_size (int): most masked inputs per forward.
+    progress (bool): show a progress bar.
+    engine (object or None): provides compute_impacts / impact_to_scores / predict_root
+        (None: ``kx_spacy.perturbed.impact``; tests pass a fake).
+    RETURNS (Dict): ``rows`` (method, scores, root, uas, uuas, uas_nopunct, uuas_nopunct),
+        ``root_accuracy`` per impact mode and strategy, and the settings.
+    """
+    from tqdm import tqdm
+
+    from ..errors import KxError
+    from ..perturbed.trees import left_chain, right_chain, star
+    from ..scoring import attachment_scores
+
+    engine = engine or _engine()
+    unknown = [s for s in scorings if s not in SCORINGS]
+    if unknown:
+        raise KxError(f"Unknown scorings {unknown}; choose from {list(SCORINGS)}.")
+    sentences = [s for s in sentences if len(s) > 0]
+    if not sentences:
+        raise KxError("No sentences to evaluate (empty file, or every sentence filtered out).")
+    gold = [s.heads for s in sentences]
+    punct = [s.punct_mask() for s in sentences]
+    gold_roots = [s.root for s in sentences]
+    words = [s.words for s in sentences]
+
+    rows: List[Dict] = []
+
+    def add(method: str, scores: str, root: str, trees: List) -> None:
+        allw = attachment_scores(trees, gold)
+        nop = attachment_scores(trees, gold, punct)
+        rows.append({
+            "method": method, "scores": scores, "root": root,
+            "uas": allw["uas"], "uuas": allw["uuas"],
+            "uas_nopunct": nop["uas"], "uuas_nopunct": nop["uuas"], "tokens": allw["total"],
+        })
+
+    impact_modes = []
+    for name in scorings:
+        if SCORINGS[name][0] not in impact_modes:
+            impact_modes.append(SCORINGS[name][0])
+    impacts = {}
+    timings = {}
+    for mode in impact_modes:
+        bar = tqdm(total=len(words), desc=f"impacts ({mode})", unit="sent", disable=not progress)
+        start = time.perf_counter()
+        impacts[mode] = engine.compute_impacts(
+            backbone, words, mode=mode, layers=layers, distance=distance, batch_size=batch_size,
+            progress=bar.update,
+        )
+        timings[mode] = time.perf_counter() - start
+        bar.close()
+
+    root_accuracy = {}
+    pred_roots = {}
+    for mode, mats in impacts.items():
+        root_accuracy[mode] = {}
+        for strategy in engine.root_strategies:
+            roots = [engine.predict_root(M, strategy) for M in mats]
+            root_accuracy[mode][strategy] = sum(int(r == g) for r, g in zip(roots, gold_roots)) / len(roots)
+            if strategy == root_strategy:
+                pred_roots[mode] = roots
+        if mode not in pred_roots:
+            pred_roots[mode] = [engine.predict_root(M, root_strategy) for M in mats]
+
+    decoders = _decoders()
+    for name in scorings:
+        impact_mode, score_mode, kwargs, decoder_names = SCORINGS[name]
+        mats = impacts[impact_mode]
+        for dec_name in decoder_names:
+            dec = decoders[dec_name]
+            base = "cle" if dec_name == "cle" else "eisner"
+            for root_kind in ("gold", "pred", "free"):
+                if dec_name == "eisner-ref" and root_kind == "pred":
+                    continue
+                trees = []
+                for i, M in enumerate(mats):
+                    forced = {"gold": gold_roots[i], "pred": pred_roots[impact_mode][i], "free": None}[root_kind]
+                    extra = dict(kwargs)
+                    if score_mode == "official":
+                        extra["decoder"] = base
+                        if forced is not None:
+                            extra["root"] = forced
+                    scores = engine.impact_to_scores(M, score_mode, **extra)
+                    trees.append(dec(scores, forced))
+                add(dec_name, name, root_kind, trees)
+
+    n_words = [len(w) for w in words]
+    add("right-chain", "-", "none", [right_chain(n) for n in n_words])
+    add("right-chain", "-", "gold", [right_chain(n, r) for n, r in zip(n_words, gold_roots)])
+    add("right-chain-ref", "-", "gold", [_reference_right_chain(n, r) for n, r in zip(n_words, gold_roots)])
+    add("left-chain", "-", "none", [left_chain(n) for n in n_words])
+    add("left-chain", "-", "gold", [left_chain(n, r) for n, r in zip(n_words, gold_roots)])
+    add("star", "-", "gold", [star(n, r) for n, r in zip(n_words, gold_roots)])
+    first_mode = impact_modes[0]
+    add("star", "-", "pred", [star(n, r) for n, r in zip(n_words, pred_roots[first_mode])])
+
+    return {
+        "n_sentences": len(sentences),
+        "n_tokens": sum(n_words),
+        "rows": rows,
+        "root_accuracy": root_accuracy,
+        "root_strategy": root_strategy,
+        "pred_root_from": first_mode,
+        "impact_seconds": timings,
+        "settings": {"layers": layers, "distance": distance, "scorings": list(scorings)},
+    }
+
+
+def _reference_right_chain(n: int, root: int) -> List[int]:
+    """The official code's right chain: word i -> i + 1, the gold root -> ROOT, so the last
+    word points outside the sentence (always wrong) unless it is the root. Not a tree;
+    scored only for comparison with published figures."""
+    heads = [-1] + [i + 1 for i in range(1, n + 1)]
+    heads[root] = 0
+    return heads
+
+
+def format_parser_table(result: Dict) -> str:
+    """The rows of ``evaluate_parser`` as a fixed-width text table (percentages)."""
+    lines = [
+        f"{result['n_sentences']} sentences, {result['n_tokens']} tokens; UAS/UUAS count every "
+        f"token (punctuation included); pred root = {result['root_strategy']}",
+        f"{'method':<12} {'scores':<15} {'root':<5} {'UAS':>6} {'UUAS':>6} {'UAS-p':>6}",
+        "-" * 56,
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['method']:<12} {r['scores']:<15} {r['root']:<5} {100 * r['uas']:6.1f} "
+            f"{100 * r['uuas']:6.1f} {100 * r['uas_nopunct']:6.1f}"
+        )
+    lines.append("(UAS-p: UAS without punctuation)")
+    lines.append("root accuracy: " + "; ".join(
+        f"{mode}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in accs.items())
+        for mode, accs in result["root_accuracy"].items()
+    ))
+    return "\n".join(lines)
+
+
+def _parse_layers(text: str):
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise typer.BadParameter(f"--layers takes an int or a comma-separated list of ints, got {text!r}")
+    if not values:
+        raise typer.BadParameter("--layers is empty")
+    return values[0] if len(values) == 1 else values
+
+
+def _write_json(result: Dict, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
+
+
+@app.command("evaluate-parser")
+def evaluate_parser_cli(
+    conllu: Path = typer.Argument(..., help="UD CoNLL-U file (e.g. ${data_dir}/ud/UD_English-EWT/en_ewt-ud-dev.conllu)."),
+    output: Path = typer.Option(Path("metrics/parser.json"), "--output", "-o", help="Results JSON."),
+    encoder: Optional[str] = typer.Option(None, help="HF name or path of the encoder (default: the packaged MiniLM)."),
+    max_words: int = typer.Option(0, help="Only sentences of at most this many non-punctuation words (0 = all)."),
+    limit: int = typer.Option(0, help="At most this many sentences (after --max-words; 0 = all)."),
+    layers: str = typer.Option("-1", help="Hidden layer index, or comma-separated indices to average."),
+    distance: str = typer.Option("euclidean", help="Impact distance: euclidean, cosine, manhattan."),
+    root_strategy: str = typer.Option("centrality", help="Root predictor: root_row, in_degree, out_degree, centrality."),
+    scorings: str = typer.Option(",".join(DEFAULT_SCORINGS), help=f"Comma-separated rows from {list(SCORINGS)}."),
+    batch_size: int = typer.Option(256, help="Most masked inputs per forward."),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = leave as is)."),
+):
+    """Perturbed-masking parsing vs right-chain, left-chain and star baselines: UAS / UUAS."""
+    from ..backbone import Backbone
+    from ..encoders import english_encoder_path
+    from ..pipeline_builder import build_pipeline
+    from ..readers import read_conllu
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    sentences = read_conllu(conllu, limit=limit, max_words=max_words)
+    nlp = build_pipeline("en", english_encoder_path(encoder))
+    backbone = Backbone.from_nlp(nlp, "transformer")
+    result = evaluate_parser(
+        sentences, backbone, scorings=[s.strip() for s in scorings.split(",") if s.strip()],
+        layers=_parse_layers(layers), distance=distance, root_strategy=root_strategy,
+        batch_size=batch_size,
+    )
+    result.update({"data": str(conllu), "encoder": encoder or "minilm", "max_words": max_words, "limit": limit})
+    typer.echo(format_parser_table(result))
+    _write_json(result, output)
+    typer.echo(f"Wrote {output}")
+
+
+# ------------------------------------------------------------------ segmenter
+def evaluate_segmenter(
+    nlp,
+    lines: Sequence[str],
+    gold: Sequence[Sequence[str]],
+    train_words=None,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Dict:
+    """Segment ``lines`` with ``nlp`` (``nlp.pipe``, batched) and score them bakeoff-style.
+
+    nlp (Language): a pipeline whose docs' non-space tokens are the predicted words.
+    lines (Sequence[str]): input lines (whitespace removed, ``read_sighan(segmented=False)``).
+    gold (Sequence[Sequence[str]]): gold words per line.
+    train_words (set or None): training word list for OOV recall.
+    batch_size (int): docs per ``nlp.pipe`` batch.
+    progress (bool): show a progress bar.
+    RETURNS (Dict): precision, recall, f, oov_recall, counts, lines, seconds.
+    """
+    from tqdm import tqdm
+
+    from ..errors import KxError
+    from ..scoring import segmentation_scores
+
+    if len(lines) != len(gold):
+        raise KxError(f"{len(lines)} input lines but {len(gold)} gold lines; the files must match.")
+    start = time.perf_counter()
+    pred: List[List[str]] = []
+    docs = nlp.pipe(lines, batch_size=batch_size)
+    for doc in tqdm(docs, total=len(lines), desc="segmenting", unit="line", disable=not progress):
+        pred.append([t.text for t in doc if not t.is_space and t.text.strip()])
+    seconds = time.perf_counter() - start
+    result = segmentation_scores(pred, gold, train_words)
+    result.update({"lines": len(lines), "seconds": seconds})
+    return result
+
+
+@app.command("evaluate-segmenter")
+def evaluate_segmenter_cli(
+    input_path: Path = typer.Argument(..., help="Bakeoff input file (e.g. icwb2/testing/pku_test.utf8)."),
+    gold_path: Path = typer.Argument(..., help="Bakeoff gold file (e.g. icwb2/gold/pku_test_gold.utf8)."),
+    words_path: Optional[Path] = typer.Option(None, "--words", help="Training word list for OOV recall."),
+    output: Path = typer.Option(Path("metrics/segmenter.json"), "--output", "-o", help="Results JSON."),
+    encoder: Optional[str] = typer.Option(None, help="HF name or path (default: the shipped character MLM, else a tiny random model)."),
+    limit: int = typer.Option(0, help="Only the first N lines (0 = all)."),
+    config: str = typer.Option("{}", help="JSON config overrides for kx_segmenter, e.g. '{\"threshold\": 8.0}'."),
+    batch_size: int = typer.Option(16, help="Docs per nlp.pipe batch."),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = leave as is)."),
+):
+    """kx_segmenter on a SIGHAN bakeoff test set: P / R / F and OOV recall."""
+    from ..encoders import chinese_encoder_path
+    from ..pipeline_builder import build_pipeline
+    from ..readers import read_sighan, read_word_list
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        seg_config = json.loads(config)
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"--config is not JSON: {err}")
+    lines = read_sighan(input_path, segmented=False)
+    gold = read_sighan(gold_path)
+    if limit:
+        lines, gold = lines[:limit], gold[:limit]
+    train_words = read_word_list(words_path) if words_path else None
+    encoder_path = chinese_encoder_path(encoder)
+    nlp = build_pipeline("zh", encoder_path, ["kx_segmenter"], configs={"kx_segmenter": seg_config})
+    result = evaluate_segmenter(nlp, lines, gold, train_words, batch_size=batch_size)
+    result.update({"input": str(input_path), "gold": str(gold_path), "encoder": encoder_path,
+                   "segmenter_config": seg_config, "limit": limit})
+    oov = result["oov_recall"]
+    typer.echo(f"{'lines':>6} {'P':>6} {'R':>6} {'F':>6} {'OOV-R':>6}")
+    typer.echo(
+        f"{result['lines']:6d} {100 * result['precision']:6.1f} {100 * result['recall']:6.1f} "
+        f"{100 * result['f']:6.1f} {'-' if oov is None else f'{100 * oov:.1f}':>6}"
+    )
+    typer.echo(f"encoder: {encoder_path}")
+    _write_json(result, output)
+    typer.echo(f"Wrote {output}")

@@ -1,0 +1,599 @@
+"""The perturbed-masking impact engine (Wu et al., ACL 2020), batched across sentences.
+
+For a sentence x of n words, the impact of word j on word i is
+
+    f(i, j) = d(H(x \\ {i})_i, H(x \\ {i, j})_i)
+
+where x \\ S is x with every sub-word of the words in S replaced by the mask token, H(.)_i
+is word i's vector in a chosen layer and d a distance. ``compute_impacts`` returns, per
+sentence, an (n + 1, n + 1) float64 matrix ``M`` with index 0 = ROOT (the leading special
+token, [CLS]) and ``M[i, j] = f(i, j)``; ``M[0, j] = d(H(x)_[CLS], H(x \\ {j})_[CLS])``
+(masking j moves the [CLS] vector), the ROOT column and the diagonal are 0.
+
+Speed. Every *distinct* masked input is built once for all sentences of the call: the
+input x (for the ROOT row), x \\ {i} for every word, and x \\ {i, j} for every pair i < j,
+which serves both f(i, j) and f(j, i). That is 1 + n + n(n-1)/2 forwards a sentence where
+the reference loop runs (pieces + 2)^2. All of them go through
+``Backbone.hidden_states`` in large length-sorted batches (on the encoder's own device and
+dtype, split on out-of-memory), asking only for the rows that are used.
+
+Modes.
+* ``"kx"`` (default): a word's vector is the mean of its sub-words' rows; f is the
+  distance between the two mean vectors.
+* ``"official"``: the semantics of the reference implementation (LividWo/Perturbed-Masking,
+  dependency/get_matrix_for_dep_probe.py + dep_parsing.py with ``--subword avg``): the
+  distance is taken per sub-word row, rows of a word are averaged (row i = mean over i's
+  sub-words of the per-row distances) and the column comes from the first sub-word (all
+  sub-words of j are masked together, so every column of j is the same input). [CLS] is the
+  ROOT row and column, the trailing [SEP] row/column is dropped. With the default last layer
+  and Euclidean distance this is the matrix the reference computes.
+``impact_to_scores`` then turns M into arc scores for the tree decoders; in official mode
+it reproduces the reference's scoring, including its softmax that divides each entry
+(i, j) by the sum of row j (``softmax_quirk=True``).
+
+Long sentences. A sentence whose pieces do not fit the encoder's window
+(``Backbone.max_content_length``) is split into overlapping *word* windows of at most that
+many pieces (each starting about half a window after the previous one); every window is
+computed like a sentence of its own, in the same batches. Row i of M comes from the window
+in which word i lies furthest from a window edge (a sentence edge is not a window edge), so
+f(i, j) is measured with i's own context; for j outside that window f(i, j) = 0 (the
+encoder cannot see i and j together). The ROOT row entry of word j comes from j's window.
+A single word longer than the window gets a window of its own, which
+``Backbone.hidden_states`` windows further.
+
+Defined results for odd input: an empty sentence gives a (1, 1) zero matrix; one word gives
+a (2, 2) matrix whose only non-zero entry can be ``M[0, 1]``; a word the tokenizer drops
+(no pieces) cannot be masked: its row and column are 0. [UNK] pieces and punctuation are
+words like any other. A tokenizer without a mask token raises ``NoMaskTokenError``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy
+from spacy.util import registry
+
+from ..errors import KxError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..backbone import Backbone
+
+Layers = Union[int, Sequence[int]]
+Distance = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+MODES = ("kx", "official")
+SCORE_MODES = ("kx", "official", "raw", "symmetric")
+ROOT_STRATEGIES = ("root_row", "in_degree", "out_degree", "centrality")
+
+
+# ------------------------------------------------------------------- registered choices
+def euclidean_distance(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+    """Euclidean distance over the last axis (the reference's ``dist`` metric)."""
+    import torch
+
+    return torch.linalg.vector_norm(a - b, dim=-1)
+
+
+def cosine_distance(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+    """1 - cosine similarity over the last axis (scale free; 0 for identical vectors)."""
+    import torch
+
+    return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
+
+
+def manhattan_distance(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+    """L1 distance over the last axis."""
+    return (a - b).abs().sum(-1)
+
+
+DISTANCES: Dict[str, Distance] = {
+    "euclidean": euclidean_distance,
+    "cosine": cosine_distance,
+    "manhattan": manhattan_distance,
+}
+
+
+@registry.misc("kx_spacy.EuclideanDistance.v1")
+def make_euclidean_distance() -> Distance:
+    """Euclidean distance between hidden vectors (the paper's and the default).
+
+    RETURNS (Callable[[Tensor, Tensor], Tensor]): distance over the last axis.
+    """
+    return euclidean_distance
+
+
+@registry.misc("kx_spacy.CosineDistance.v1")
+def make_cosine_distance() -> Distance:
+    """1 - cosine similarity: insensitive to the encoder's vector norms.
+
+    RETURNS (Callable[[Tensor, Tensor], Tensor]): distance over the last axis.
+    """
+    return cosine_distance
+
+
+@registry.misc("kx_spacy.ManhattanDistance.v1")
+def make_manhattan_distance() -> Distance:
+    """L1 distance between hidden vectors.
+
+    RETURNS (Callable[[Tensor, Tensor], Tensor]): distance over the last axis.
+    """
+    return manhattan_distance
+
+
+@registry.misc("kx_spacy.Layers.v1")
+def make_layers(layers: Union[int, List[int]] = -1) -> Layers:
+    """Which hidden state the impacts use: 0 = embeddings, 1..L the layers, -1 the last;
+    a list averages those layers' vectors.
+
+    layers (int or List[int]): the index or indices.
+    RETURNS (int or Tuple[int, ...]): the selection, as ``compute_impacts`` takes it.
+    """
+    return _check_layers(layers)
+
+
+def _check_layers(layers) -> Layers:
+    if isinstance(layers, bool):
+        raise KxError(f"layers must be an int or a list of ints, not {layers!r}.")
+    if isinstance(layers, (int, numpy.integer)):
+        return int(layers)
+    try:
+        picked = tuple(int(x) for x in layers)
+    except TypeError as err:
+        raise KxError(f"layers must be an int or a list of ints, not {layers!r}.") from err
+    if not picked:
+        raise KxError("layers is an empty list: name at least one hidden state.")
+    return picked[0] if len(picked) == 1 else picked
+
+
+def get_distance(distance: Union[str, Distance]) -> Distance:
+    """A distance by name (``euclidean``, ``cosine``, ``manhattan``) or a callable as is."""
+    if callable(distance):
+        return distance
+    if distance not in DISTANCES:
+        raise KxError(f"Unknown distance {distance!r}; choose one of {sorted(DISTANCES)} or pass a callable.")
+    return DISTANCES[distance]
+
+
+# ----------------------------------------------------------------------- planning
+@dataclass
+class _Unit:
+    """One word window of one sentence, computed like a sentence of its own."""
+
+    sentence: int
+    words: List[int]  # global word indices (only words with pieces)
+    content: List[int]  # content piece ids of the window
+    spans: List[Tuple[int, int]]  # per entry of ``words``: its pieces in ``content``
+    owned: List[bool] = field(default_factory=list)  # per entry: is this window word i's owner
+
+
+def _word_windows(lengths: Sequence[int], width: int) -> List[Tuple[int, int]]:
+    """Overlapping [start, end) word windows of at most ``width`` pieces each."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    if sum(lengths) <= width:
+        return [(0, n)]
+    starts = numpy.concatenate([[0], numpy.cumsum(lengths)]).astype("int64")
+    windows = []
+    s = 0
+    while True:
+        e, total = s, 0
+        while e < n and total + lengths[e] <= width:
+            total += lengths[e]
+            e += 1
+        if e == s:  # one word longer than the window: a window of its own
+            e, total = s + 1, lengths[s]
+        windows.append((s, e))
+        if e >= n:
+            break
+        target = starts[s] + max(1, total // 2)
+        nxt = s + 1
+        while nxt < e and starts[nxt] < target:
+            nxt += 1
+        s = nxt
+    return windows
+
+
+def _owners(windows: Sequence[Tuple[int, int]], n: int) -> numpy.ndarray:
+    """For each word, the window in which it lies furthest from a window edge."""
+    owner = numpy.zeros(n, dtype="int64")
+    best = numpy.full(n, -1, dtype="int64")
+    for w, (s, e) in enumerate(windows):
+        for i in range(s, e):
+            left = i - s if s > 0 else n
+            right = e - 1 - i if e < n else n
+            margin = min(left, right)
+            if margin > best[i]:
+                best[i] = margin
+                owner[i] = w
+    return owner
+
+
+def _plan(backbone: "Backbone", index: int, words: Sequence[str]) -> Tuple[int, List[_Unit]]:
+    pieces = backbone.tokenize_words(words)
+    present = [k for k, (s, e) in enumerate(pieces.spans) if e > s]
+    lengths = [pieces.spans[k][1] - pieces.spans[k][0] for k in present]
+    windows = _word_windows(lengths, backbone.max_content_length)
+    owner = _owners(windows, len(present))
+    units = []
+    for w, (s, e) in enumerate(windows):
+        content: List[int] = []
+        spans = []
+        for k in present[s:e]:
+            a, b = pieces.spans[k]
+            spans.append((len(content), len(content) + b - a))
+            content.extend(pieces.ids[a:b])
+        owned = [bool(owner[p] == w) for p in range(s, e)]
+        units.append(_Unit(index, [k for k in present[s:e]], content, spans, owned))
+    return len(words), units
+
+
+# -------------------------------------------------------------------------- engine
+def _unit_variants(unit: _Unit, mask_id: int, offset: int, has_cls: bool):
+    """The distinct masked inputs of one unit and the rows each needs.
+
+    Returns (sequences, positions, keys) where keys[v] names the variant: ("x",),
+    ("i", a) or ("ij", a, b) with a < b indices into ``unit.words``.
+    """
+    content = unit.content
+    spans = unit.spans
+    m = len(spans)
+    seqs, poss, keys = [], [], []
+
+    def masked(*which):
+        ids = list(content)
+        for a in which:
+            s, e = spans[a]
+            ids[s:e] = [mask_id] * (e - s)
+        return ids
+
+    def rows(a):
+        s, e = spans[a]
+        return list(range(offset + s, offset + e))
+
+    if has_cls:
+        seqs.append(list(content))
+        poss.append([0])
+        keys.append(("x",))
+    for a in range(m):
+        seqs.append(masked(a))
+        poss.append(([0] if has_cls else []) + rows(a))
+        keys.append(("i", a))
+    for a in range(m):
+        for b in range(a + 1, m):
+            if not (unit.owned[a] or unit.owned[b]):
+                continue  # neither row is kept from this window
+            seqs.append(masked(a, b))
+            poss.append(rows(a) + rows(b))
+            keys.append(("ij", a, b))
+    return seqs, poss, keys
+
+
+def _fill_unit(M: numpy.ndarray, unit: _Unit, keys, states, mode: str, dist: Distance, has_cls: bool) -> None:
+    import torch
+
+    spans = unit.spans
+    m = len(spans)
+    sizes = [e - s for s, e in spans]
+    lookup = {k: t for k, t in zip(keys, states)}
+    head = 1 if has_cls else 0
+
+    def word_rows(t: "torch.Tensor", start: int, a: int) -> "torch.Tensor":
+        return t[start : start + sizes[a]]
+
+    base = [word_rows(lookup[("i", a)], head, a) for a in range(m)]
+    if has_cls:
+        cls_x = lookup[("x",)][0]
+        cls_i = torch.stack([lookup[("i", a)][0] for a in range(m)]) if m else None
+        if m:
+            root_row = dist(cls_x[None, :], cls_i).double().cpu().numpy()
+            for a in range(m):
+                if unit.owned[a]:
+                    M[0, unit.words[a] + 1] = root_row[a]
+    for a in range(m):
+        if not unit.owned[a]:
+            continue
+        others = [b for b in range(m) if b != a]
+        if not others:
+            continue
+        pairs = []
+        for b in others:
+            key = ("ij", a, b) if a < b else ("ij", b, a)
+            t = lookup[key]
+            start = 0 if a < b else sizes[b]
+            pairs.append(word_rows(t, start, a))
+        stacked = torch.stack(pairs)  # (m-1, r_a, H)
+        if mode == "official":
+            values = dist(base[a][None], stacked).mean(-1)
+        else:
+            values = dist(base[a].mean(0)[None], stacked.mean(1))
+        values = values.double().cpu().numpy()
+        i = unit.words[a] + 1
+        for b, v in zip(others, values):
+            M[i, unit.words[b] + 1] = v
+
+
+def compute_impacts(
+    backbone: "Backbone",
+    sentences: Sequence[Sequence[str]],
+    *,
+    mode: str = "kx",
+    layers: Layers = -1,
+    distance: Union[str, Distance] = "euclidean",
+    batch_size: int = 256,
+    max_batch_tokens: int = 16384,
+    max_variants: int = 8192,
+    progress: Optional[Callable[[int], None]] = None,
+) -> List[numpy.ndarray]:
+    """Impact matrices of many sentences, all masked variants batched together.
+
+    backbone (Backbone): the shared encoder (must have a mask token).
+    sentences (Sequence[Sequence[str]]): the sentences, as word lists.
+    mode (str): "kx" (distance of mean sub-word vectors) or "official" (the reference's
+        per-row distances, averaged). See the module docstring.
+    layers (int or Sequence[int]): hidden state index (-1 = last) or several, averaged.
+    distance (str or callable): "euclidean", "cosine", "manhattan", or a callable on two
+        tensors that reduces the last axis.
+    batch_size (int): most inputs per forward.
+    max_batch_tokens (int): most padded pieces per forward.
+    max_variants (int): masked inputs gathered before a round of forwards (bounds memory;
+        sentences are never split across rounds unless one alone exceeds it).
+    progress (callable or None): called with the number of sentences finished, per round.
+    RETURNS (List[numpy.ndarray]): per sentence an (n + 1, n + 1) float64 matrix, index 0 =
+        ROOT, ``M[i, j]`` = impact of word j on word i.
+    """
+    if mode not in MODES:
+        raise KxError(f"Unknown impact mode {mode!r}; choose one of {MODES}.")
+    layers = _check_layers(layers)
+    dist = get_distance(distance)
+    sentences = [list(words) for words in sentences]
+    for words in sentences:
+        if any(not isinstance(w, str) for w in words):
+            raise KxError("compute_impacts takes sentences as lists of str words.")
+    results: List[Optional[numpy.ndarray]] = [None] * len(sentences)
+    if not sentences:
+        return []
+    mask_id = backbone.require_mask()
+    offset = backbone.content_offset
+    has_cls = offset > 0
+    pending: List[Tuple[int, List[_Unit]]] = []
+    pending_count = 0
+
+    def flush():
+        nonlocal pending, pending_count
+        if not pending:
+            return
+        all_seqs, all_pos, owners = [], [], []
+        for n_words, units in pending:
+            for unit in units:
+                seqs, poss, keys = _unit_variants(unit, mask_id, offset, has_cls)
+                owners.append((unit, keys, len(all_seqs), len(seqs)))
+                all_seqs.extend(seqs)
+                all_pos.extend(poss)
+        states = backbone.hidden_states(
+            all_seqs, positions=all_pos, layers=layers, batch_size=batch_size, max_batch_tokens=max_batch_tokens
+        )
+        for unit, keys, start, count in owners:
+            M = results[unit.sentence]
+            _fill_unit(M, unit, keys, states[start : start + count], mode, dist, has_cls)
+        if progress is not None:
+            progress(len(pending))
+        pending, pending_count = [], 0
+
+    for si, words in enumerate(sentences):
+        n_words, units = _plan(backbone, si, words)
+        results[si] = numpy.zeros((n_words + 1, n_words + 1), dtype="float64")
+        cost = sum(1 + len(u.spans) + len(u.spans) * (len(u.spans) - 1) // 2 for u in units)
+        if pending and pending_count + cost > max_variants:
+            flush()
+        pending.append((n_words, units))
+        pending_count += cost
+    flush()
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------- reference loop
+def reference_impacts(backbone: "Backbone", words: Sequence[str], *, layers: Layers = -1) -> numpy.ndarray:
+    """The reference implementation's loop, for benchmarks and exactness checks: one forward
+    batch per piece position p of [CLS] + pieces + [SEP], each holding the input with p's
+    word masked and then every position's word masked too; Euclidean distances of row p,
+    fp32, then the reference's merge (rows averaged per word, first sub-word column, [CLS]
+    kept as ROOT, [SEP] dropped). Slow by design: (pieces + 2)^2 forwards a sentence.
+
+    backbone (Backbone): the encoder.
+    words (Sequence[str]): one sentence (must fit the window).
+    layers (int or Sequence[int]): hidden state(s), as in ``compute_impacts``.
+    RETURNS (numpy.ndarray): (n + 1, n + 1) float64, the matrix official mode reproduces.
+    """
+    import torch
+
+    mask_id = backbone.require_mask()
+    layers = _check_layers(layers)
+    pieces = backbone.tokenize_words(words)
+    n = len(words)
+    ids = backbone.with_specials(pieces.ids)
+    offset = backbone.content_offset
+    if len(pieces.ids) > backbone.max_content_length:
+        raise KxError("reference_impacts handles sentences within the encoder's window only.")
+    L = len(ids)
+    word_of = [-1] * L  # -1: special token
+    for w, (s, e) in enumerate(pieces.spans):
+        for p in range(s, e):
+            word_of[offset + p] = w
+
+    def mask_word(row: List[int], p: int) -> None:
+        w = word_of[p]
+        if w < 0:
+            return
+        for q in range(L):
+            if word_of[q] == w:
+                row[q] = mask_id
+
+    P = numpy.zeros((L, L), dtype="float64")
+    for p in range(L):
+        base = list(ids)
+        mask_word(base, p)
+        batch = []
+        for q in range(L):
+            row = list(base)
+            mask_word(row, q)
+            batch.append(row)
+        states = backbone.encode(torch.tensor(batch, dtype=torch.long), layers=layers)
+        rows = states[:, p, :].float().cpu().numpy()
+        for q in range(L):
+            P[p, q] = numpy.linalg.norm(rows[p] - rows[q])
+    M = numpy.zeros((n + 1, n + 1), dtype="float64")
+    if offset:
+        for w, (s, e) in enumerate(pieces.spans):
+            if e > s:
+                M[0, w + 1] = P[0, offset + s]
+    for w, (s, e) in enumerate(pieces.spans):
+        if e == s:
+            continue
+        rows = P[offset + s : offset + e]
+        for v, (s2, e2) in enumerate(pieces.spans):
+            if e2 > s2:
+                M[w + 1, v + 1] = rows[:, offset + s2].mean()
+    return M
+
+
+# ------------------------------------------------------------------- arc scores
+def _quirk_softmax(M: numpy.ndarray) -> numpy.ndarray:
+    e = numpy.exp(M - numpy.max(M))
+    return e / e.sum(axis=1)  # broadcasts over the last axis: entry (i, j) / sum of row j
+
+
+def _row_softmax(M: numpy.ndarray) -> numpy.ndarray:
+    e = numpy.exp(M - numpy.max(M, axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def impact_to_scores(
+    M: numpy.ndarray,
+    mode: str = "kx",
+    *,
+    root: Optional[int] = None,
+    decoder: str = "eisner",
+    softmax_quirk: bool = True,
+) -> numpy.ndarray:
+    """Arc scores ``scores[h, d]`` for the tree decoders from an impact matrix.
+
+    M (numpy.ndarray): (n + 1, n + 1) impacts, ``M[i, j]`` = impact of j on i.
+    mode (str):
+        "official": the reference's transformation. Gold root r (``root``): row r set to 0
+        and ``M[r, 0] = 1``. Eisner: ``softmax`` of the whole matrix in which, with
+        ``softmax_quirk`` (the reference's code), entry (i, j) is divided by the sum of
+        row j; without it, by the sum of row i; then transposed (head h of d scored by
+        the impact of h on d). CLE: the ROOT row is zeroed, no softmax; the reference's
+        decoder multiplies these scores along a tree, so the returned scores are their
+        logarithms (0 -> a large negative number) for an additive decoder.
+        "kx": for each dependent d, a log-softmax over its candidate heads h != d of
+        ``M[d, h]`` (a correct normalisation; the ROOT arc gets the ROOT-row impact
+        ``M[0, d]`` instead of the always-0 ROOT column).
+        "raw": ``scores[h, d] = M[d, h]``, the raw impacts.
+        "symmetric": ``M[d, h] + M[h, d]`` (impacts are close to symmetric; averaging the
+        two directions halves the noise).
+    root (int or None): gold root (official mode: the reference's gold-root edit).
+    decoder (str): "eisner" or "cle" (matters in official mode only).
+    softmax_quirk (bool): official mode, Eisner: keep the reference's softmax.
+    RETURNS (numpy.ndarray): (n + 1, n + 1) float64 arc scores.
+    """
+    M = numpy.array(M, dtype="float64", copy=True)
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] < 1:
+        raise KxError(f"An impact matrix is square (n+1, n+1); got shape {M.shape}.")
+    n1 = M.shape[0]
+    if mode not in SCORE_MODES:
+        raise KxError(f"Unknown score mode {mode!r}; choose one of {SCORE_MODES}.")
+    if root is not None and not 1 <= int(root) < n1:
+        raise KxError(f"root must be a word index in 1..{n1 - 1}; got {root}.")
+    if mode == "official":
+        if decoder not in ("eisner", "cle"):
+            raise KxError(f"official mode reproduces the 'eisner' and 'cle' scorings, not {decoder!r}.")
+        if decoder == "cle":
+            M[0] = 0.0
+            if root is not None:
+                M[root] = 0.0
+                M[root, 0] = 1.0
+            with numpy.errstate(divide="ignore"):
+                logs = numpy.log(M)
+            logs[numpy.isneginf(logs)] = -1e9
+            return logs.T.copy()
+        if root is not None:
+            M[root] = 0.0
+            M[root, 0] = 1.0
+            M[0, 0] = 0.0
+        S = _quirk_softmax(M) if softmax_quirk else _row_softmax(M)
+        return S.T.copy()
+    if mode == "raw":
+        return M.T.copy()
+    if mode == "symmetric":
+        S = M + M.T
+        S[0, :] = M[0, :]
+        S[:, 0] = 0.0
+        return S
+    # kx: per-dependent log-softmax over its candidate heads
+    cand = M.copy()
+    cand[1:, 0] = M[0, 1:]
+    numpy.fill_diagonal(cand, -numpy.inf)
+    cand[0, :] = -numpy.inf
+    out = numpy.full_like(M, -1e9)
+    if n1 > 1:
+        rows = cand[1:]
+        mx = rows.max(axis=1, keepdims=True)
+        logp = rows - mx - numpy.log(numpy.exp(rows - mx).sum(axis=1, keepdims=True))
+        out[:, 1:] = logp.T
+    numpy.fill_diagonal(out, -1e9)
+    out[:, 0] = -1e9
+    return out
+
+
+# ------------------------------------------------------------------------- roots
+def predict_root(M: numpy.ndarray, strategy: str = "in_degree") -> int:
+    """Predict which word hangs from ROOT, from the impact matrix alone.
+
+    M (numpy.ndarray): (n + 1, n + 1) impacts.
+    strategy (str):
+        "root_row": the word whose masking moves [CLS] most (``argmax M[0, 1:]``), the
+        paper's predicted root.
+        "in_degree": the word whose masking moves all the other words most
+        (``argmax_j sum_i M[i, j]``).
+        "out_degree": the word moved most by masking the others (``argmax_i sum_j M[i, j]``).
+        "centrality": eigenvector centrality of the symmetrised word graph.
+    RETURNS (int): the root word in 1..n; 0 for an empty sentence (n = 0).
+    """
+    M = numpy.asarray(M, dtype="float64")
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] < 1:
+        raise KxError(f"An impact matrix is square (n+1, n+1); got shape {M.shape}.")
+    n = M.shape[0] - 1
+    if n == 0:
+        return 0
+    if n == 1:
+        return 1
+    W = M[1:, 1:].copy()
+    numpy.fill_diagonal(W, 0.0)
+    if strategy == "root_row":
+        values = M[0, 1:]
+    elif strategy == "in_degree":
+        values = W.sum(axis=0)
+    elif strategy == "out_degree":
+        values = W.sum(axis=1)
+    elif strategy == "centrality":
+        S = W + W.T
+        vec = numpy.ones(n) / n
+        for _ in range(100):
+            nxt = S @ vec
+            norm = numpy.linalg.norm(nxt)
+            if norm == 0:
+                break
+            nxt /= norm
+            if numpy.abs(nxt - vec).max() < 1e-10:
+                vec = nxt
+                break
+            vec = nxt
+        values = vec
+    else:
+        raise KxError(f"Unknown root strategy {strategy!r}; choose one of {ROOT_STRATEGIES}.")
+    return int(numpy.argmax(values)) + 1

@@ -1,0 +1,259 @@
+"""``kx_parser``: unsupervised dependency parsing by perturbed masking, as a spaCy pipe.
+
+Runs after the shared ``transformer`` pipe and borrows its torch module (resolved at call
+time through ``Backbone.from_nlp``; nothing is loaded twice). For every sentence of every
+doc in a batch it computes the impact matrix (``compute_impacts``: all masked variants of
+all sentences of the batch go through the encoder together), turns it into arc scores
+(``impact_to_scores``), picks a root (``predict_root``) and decodes one tree per sentence
+with the configured decoder (``kx_spacy.Eisner.v1`` by default).
+
+What it sets:
+* ``token.head`` and ``token.dep_``: one unlabelled relation ``"dep"``, ``"ROOT"`` for the
+  root of each sentence; ``doc.has_annotation("DEP")`` becomes true, so displaCy draws it.
+* sentences: one tree per ``doc.sents`` when the doc has sentence boundaries (from a
+  sentencizer / senter before this pipe), so the boundaries stay exactly as they were; a
+  doc without boundaries is parsed as ONE sentence (one tree, ``doc.sents`` then yields the
+  whole doc).
+* whitespace tokens (and any token the tokenizer maps to no piece) take no part in the
+  impacts: each hangs from the nearest word before it (after it, at a sentence start); a
+  sentence of such tokens only is a chain on its first token.
+* ``doc._.kx_parse``: a plain dict ``{"sentences": [{"start", "end", "root"}...],
+  "mode", "scoring", "root_strategy"}`` (token indices in the doc), msgpack-safe.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.tokens import Doc
+from spacy.util import minibatch
+from thinc.api import Config
+
+from ..errors import KxError
+from ..extensions import install_extensions
+from .impact import MODES, ROOT_STRATEGIES, SCORE_MODES, compute_impacts, impact_to_scores, predict_root
+
+DEFAULT_CONFIG_STR = """
+[kx_parser]
+transformer = "transformer"
+mode = "kx"
+scoring = "kx"
+softmax_quirk = true
+layers = -1
+root_strategy = "in_degree"
+batch_size = 256
+
+[kx_parser.decoder]
+@misc = "kx_spacy.Eisner.v1"
+single_root = true
+
+[kx_parser.distance]
+@misc = "kx_spacy.EuclideanDistance.v1"
+
+[kx_parser.scorer]
+@scorers = "kx_spacy.UAS.v1"
+"""
+DEFAULT_CONFIG = Config().from_str(DEFAULT_CONFIG_STR)["kx_parser"]
+
+
+@Language.factory(
+    "kx_parser",
+    default_config=DEFAULT_CONFIG,
+    assigns=["token.head", "token.dep", "doc._.kx_parse"],
+    default_score_weights={"dep_uas": 1.0, "dep_uuas": 0.0},
+)
+def make_kx_parser(
+    nlp: Language,
+    name: str,
+    transformer: str,
+    decoder: Callable,
+    distance: Callable,
+    mode: str,
+    scoring: str,
+    softmax_quirk: bool,
+    layers: Union[int, List[int]],
+    root_strategy: str,
+    batch_size: int,
+    scorer: Optional[Callable],
+) -> "KxParser":
+    """Build the perturbed-masking parser.
+
+    transformer (str): name of the spacy-transformers pipe whose encoder is used.
+    decoder (Callable): ``decode(scores, root) -> heads`` (``kx_spacy.Eisner.v1``,
+        ``kx_spacy.ChuLiuEdmonds.v1``, a baseline...).
+    distance (Callable): impact distance (``kx_spacy.EuclideanDistance.v1``...).
+    mode (str): impact mode, "kx" or "official" (see ``impact.compute_impacts``).
+    scoring (str): arc scoring, "kx", "official", "raw" or "symmetric" (``impact_to_scores``).
+    softmax_quirk (bool): official scoring: keep the reference's softmax.
+    layers (int or List[int]): hidden state(s) for the impacts (-1 = last; a list averages).
+    root_strategy (str): ``predict_root`` strategy, or "decoder" to let the decoder choose.
+    batch_size (int): masked inputs per forward.
+    scorer (Callable or None): scores Examples (``kx_spacy.UAS.v1``).
+    RETURNS (KxParser): the pipe.
+    """
+    return KxParser(
+        nlp,
+        name,
+        transformer=transformer,
+        decoder=decoder,
+        distance=distance,
+        mode=mode,
+        scoring=scoring,
+        softmax_quirk=softmax_quirk,
+        layers=layers,
+        root_strategy=root_strategy,
+        batch_size=batch_size,
+        scorer=scorer,
+    )
+
+
+def _decoder_kind(decoder: Callable) -> str:
+    """'cle' for a Chu-Liu/Edmonds decoder, else 'eisner' (official scoring differs)."""
+    name = getattr(decoder, "__qualname__", "") + getattr(decoder, "__name__", "")
+    return "cle" if "chu_liu" in name.lower() or "edmonds" in name.lower() else "eisner"
+
+
+class KxParser(Pipe):
+    """Perturbed-masking dependency parser over the shared transformer. See the module."""
+
+    def __init__(
+        self,
+        nlp: Language,
+        name: str = "kx_parser",
+        *,
+        transformer: str = "transformer",
+        decoder: Callable,
+        distance: Callable,
+        mode: str = "kx",
+        scoring: str = "kx",
+        softmax_quirk: bool = True,
+        layers: Union[int, List[int]] = -1,
+        root_strategy: str = "in_degree",
+        batch_size: int = 256,
+        scorer: Optional[Callable] = None,
+    ) -> None:
+        if mode not in MODES:
+            raise KxError(f"kx_parser: unknown mode {mode!r}; choose one of {MODES}.")
+        if scoring not in SCORE_MODES:
+            raise KxError(f"kx_parser: unknown scoring {scoring!r}; choose one of {SCORE_MODES}.")
+        if root_strategy not in ROOT_STRATEGIES + ("decoder",):
+            raise KxError(f"kx_parser: unknown root_strategy {root_strategy!r}; choose one of {ROOT_STRATEGIES + ('decoder',)}.")
+        if batch_size < 1:
+            raise KxError("kx_parser: batch_size must be at least 1.")
+        self.nlp = nlp
+        self.name = name
+        self.transformer = transformer
+        self.decoder = decoder
+        self.distance = distance
+        self.mode = mode
+        self.scoring = scoring
+        self.softmax_quirk = softmax_quirk
+        self.layers = layers
+        self.root_strategy = root_strategy
+        self.batch_size = batch_size
+        self.scorer = scorer
+        install_extensions()
+
+    # spaCy calls these -----------------------------------------------------------
+    def initialize(self, get_examples=None, *, nlp=None) -> None:
+        """Nothing to learn; present so ``nlp.initialize()`` works."""
+
+    def __call__(self, doc: Doc) -> Doc:
+        return next(self.pipe([doc]))
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 32) -> Iterator[Doc]:
+        install_extensions()
+        for docs in minibatch(stream, size=batch_size):
+            yield from self._parse_batch(list(docs))
+
+    def score(self, examples, **kwargs) -> Dict[str, Optional[float]]:
+        if self.scorer is None:
+            return {}
+        return self.scorer(examples, **kwargs)
+
+    # the work ----------------------------------------------------------------------
+    def _sentences(self, doc: Doc) -> List[Tuple[int, int]]:
+        if len(doc) == 0:
+            return []
+        if doc.has_annotation("SENT_START"):
+            return [(s.start, s.end) for s in doc.sents]
+        return [(0, len(doc))]
+
+    def _parse_batch(self, docs: List[Doc]) -> List[Doc]:
+        from ..backbone import Backbone
+
+        backbone = Backbone.from_nlp(self.nlp, self.transformer)
+        backbone.require_mask()
+        jobs = []  # (doc index, start, end, kept token indices)
+        sentences = []
+        for di, doc in enumerate(docs):
+            for start, end in self._sentences(doc):
+                kept = [i for i in range(start, end) if not doc[i].is_space and doc[i].text.strip()]
+                jobs.append((di, start, end, kept))
+                sentences.append([doc[i].text for i in kept])
+        impacts = (
+            compute_impacts(
+                backbone,
+                sentences,
+                mode=self.mode,
+                layers=self.layers,
+                distance=self.distance,
+                batch_size=self.batch_size,
+            )
+            if sentences
+            else []
+        )
+        heads_per_doc: List[Dict[int, int]] = [dict() for _ in docs]
+        records: List[List[dict]] = [[] for _ in docs]
+        kind = _decoder_kind(self.decoder)
+        for (di, start, end, kept), M in zip(jobs, impacts):
+            n = len(kept)
+            heads = heads_per_doc[di]
+            if n == 0:
+                root_tok = start
+            else:
+                root = None if self.root_strategy == "decoder" else predict_root(M, self.root_strategy)
+                extra = {}
+                if self.scoring == "official":
+                    extra = {"decoder": kind, "softmax_quirk": self.softmax_quirk, "root": root}
+                scores = impact_to_scores(M, self.scoring, **extra)
+                tree = numpy.asarray(self.decoder(scores, root))
+                for k in range(n):
+                    h = int(tree[k + 1])
+                    heads[kept[k]] = kept[k] if h == 0 else kept[h - 1]
+                root_tok = next(kept[k] for k in range(n) if int(tree[k + 1]) == 0)
+            kept_set = set(kept)
+            for i in range(start, end):
+                if i in kept_set:
+                    continue
+                if n == 0:
+                    heads[i] = start
+                    continue
+                before = [k for k in kept if k < i]
+                heads[i] = before[-1] if before else kept[0]
+            records[di].append({"start": start, "end": end, "root": int(root_tok)})
+        for di, doc in enumerate(docs):
+            self._set_annotations(doc, heads_per_doc[di])
+            doc._.kx_parse = {
+                "sentences": records[di],
+                "mode": self.mode,
+                "scoring": self.scoring,
+                "root_strategy": self.root_strategy,
+            }
+        return docs
+
+    def _set_annotations(self, doc: Doc, heads: Dict[int, int]) -> None:
+        from spacy.attrs import DEP, HEAD
+
+        if len(doc) == 0:
+            return
+        dep_id = doc.vocab.strings.add("dep")
+        root_id = doc.vocab.strings.add("ROOT")
+        arr = numpy.zeros((len(doc), 2), dtype="uint64")
+        for i in range(len(doc)):
+            h = heads.get(i, i)
+            arr[i, 0] = numpy.int64(h - i).astype("uint64")
+            arr[i, 1] = root_id if h == i else dep_id
+        doc.from_array([HEAD, DEP], arr)

@@ -1,0 +1,153 @@
+"""kx_parser: the standard component battery."""
+import numpy
+import pytest
+import spacy
+from spacy import displacy
+from spacy.tokens import Doc
+
+from kx_spacy.errors import MissingTransformerError, NoMaskTokenError, TransformerNotInitializedError
+from kx_spacy.perturbed.trees import is_tree
+
+TEXT = "The quick brown fox jumps over the lazy dog. I liked this movie very much!"
+
+
+@pytest.fixture(scope="module")
+def nlp(tiny_mlm_dir):
+    from kx_spacy.testing import make_pipeline
+
+    nlp = make_pipeline("en", tiny_mlm_dir)
+    nlp.add_pipe("kx_parser")
+    return nlp
+
+
+def heads(doc):
+    return [(t.head.i, t.dep_) for t in doc]
+
+
+def assert_one_tree_per_sentence(doc):
+    assert doc.has_annotation("DEP")
+    for sent in doc.sents:
+        roots = [t for t in sent if t.head.i == t.i]
+        assert len(roots) == 1 and roots[0].dep_ == "ROOT"
+        assert all(sent.start <= t.head.i < sent.end for t in sent)
+        local = [-1] + [0 if t.head.i == t.i else t.head.i - sent.start + 1 for t in sent]
+        assert is_tree(local)
+        assert all(t.dep_ == "dep" for t in sent if t.head.i != t.i)
+
+
+def test_parses_and_renders(nlp):
+    doc = nlp(TEXT)
+    assert_one_tree_per_sentence(doc)
+    assert len(list(doc.sents)) == 1  # no sentence boundaries set: one tree for the doc
+    record = doc._.kx_parse
+    assert record["sentences"] == [{"start": 0, "end": len(doc), "root": record["sentences"][0]["root"]}]
+    html = displacy.render(doc, style="dep")
+    assert "<svg" in html and "dep" in html
+
+
+def test_existing_sentence_boundaries_are_kept(tiny_mlm_dir):
+    from kx_spacy.testing import make_pipeline
+
+    nlp = make_pipeline("en", tiny_mlm_dir)
+    nlp.add_pipe("sentencizer", first=True)
+    nlp.add_pipe("kx_parser")
+    doc = nlp(TEXT)
+    bounds = [(s.start, s.end) for s in doc.sents]
+    assert len(bounds) == 2
+    assert [(r["start"], r["end"]) for r in doc._.kx_parse["sentences"]] == bounds
+    assert_one_tree_per_sentence(doc)
+    ref = nlp.get_pipe("sentencizer")(nlp.make_doc(TEXT))
+    assert [(s.start, s.end) for s in ref.sents] == bounds
+
+
+def test_pipe_batch_equals_single_calls(nlp):
+    texts = [TEXT, "cat", "", "Ω 😀 the dog", "  ", "..."]
+    batched = list(nlp.pipe(texts, batch_size=4))
+    for text, doc in zip(texts, batched):
+        assert heads(nlp(text)) == heads(doc)
+        assert nlp(text)._.kx_parse == doc._.kx_parse
+
+
+def test_odd_docs_have_defined_results(nlp):
+    empty = nlp("")
+    assert len(empty) == 0 and empty._.kx_parse["sentences"] == []
+    one = nlp("cat")
+    assert heads(one) == [(0, "ROOT")]
+    for text in ("  ", "!?", "the  cat\n\nsat", "Ω 😀 élan"):
+        doc = nlp(text)
+        assert_one_tree_per_sentence(doc)
+    spaces = nlp("the  cat")  # "the", " ", "cat": the space hangs on "the"
+    assert spaces[1].is_space and spaces[1].head.i == 0
+
+
+def test_doc_longer_than_the_window(nlp):
+    text = " ".join(["the brownish cat sat on a mat ."] * 14)
+    doc = nlp(text)
+    assert len(doc) > 100
+    assert_one_tree_per_sentence(doc)
+
+
+def test_serialisation_round_trips(nlp, tmp_path):
+    doc = nlp(TEXT)
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")
+    assert heads(loaded(TEXT)) == heads(doc)
+    from_bytes = spacy.util.load_model_from_config(nlp.config).from_bytes(nlp.to_bytes())
+    assert heads(from_bytes(TEXT)) == heads(doc)
+    restored = Doc(nlp.vocab).from_bytes(doc.to_bytes())
+    assert heads(restored) == heads(doc) and restored._.kx_parse == doc._.kx_parse
+
+
+def test_n_process_2(nlp):
+    texts = [TEXT, "the cat sat"]
+    serial = [heads(d) for d in nlp.pipe(texts)]
+    parallel = [heads(d) for d in nlp.pipe(texts, n_process=2)]
+    assert parallel == serial
+
+
+def test_config_choices(tiny_mlm_dir):
+    from kx_spacy.testing import make_pipeline
+
+    nlp = make_pipeline("en", tiny_mlm_dir)
+    nlp.add_pipe(
+        "kx_parser",
+        config={
+            "decoder": {"@misc": "kx_spacy.ChuLiuEdmonds.v1"},
+            "distance": {"@misc": "kx_spacy.CosineDistance.v1"},
+            "mode": "official",
+            "scoring": "official",
+            "layers": [1, 2],
+            "root_strategy": "root_row",
+        },
+    )
+    assert_one_tree_per_sentence(nlp(TEXT))
+    for bad in ({"mode": "x"}, {"scoring": "x"}, {"root_strategy": "x"}):
+        with pytest.raises(Exception):
+            make_pipeline("en", tiny_mlm_dir).add_pipe("kx_parser", config=bad)
+
+
+def test_score_uses_registered_uas(nlp):
+    from spacy.training import Example
+
+    doc = nlp("the cat sat")
+    ref = Doc(nlp.vocab, words=["the", "cat", "sat"], heads=[1, 2, 2], deps=["det", "nsubj", "ROOT"])
+    scores = nlp.get_pipe("kx_parser").score([Example(doc, ref)])
+    assert 0.0 <= scores["dep_uas"] <= 1.0 and "dep_uuas" in scores
+
+
+def test_errors_without_usable_transformer(tiny_mlm_dir, tiny_nomask_dir):
+    from kx_spacy.testing import make_pipeline, transformer_config
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("kx_parser")
+    with pytest.raises(MissingTransformerError):
+        nlp("the cat")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config=transformer_config(str(tiny_mlm_dir)))
+    nlp.add_pipe("kx_parser")
+    with pytest.raises(TransformerNotInitializedError):
+        nlp("the cat")
+    nomask = make_pipeline("en", tiny_nomask_dir)
+    nomask.add_pipe("kx_parser")
+    with pytest.raises(NoMaskTokenError):
+        nomask("the cat")

@@ -41,6 +41,33 @@ def _demo_perturbed(en, zh) -> None:
 
 def _demo_attribution(en, zh) -> None:
     """kx_attributor (issue 5)."""
+    from .attribution.textcat import add_textcat, train_head
+
+    train = [
+        ("I liked this movie very much.", 1), ("A wonderful, funny and beautiful film.", 1),
+        ("The acting was great and the story was good.", 1), ("I enjoy every scene of it.", 1),
+        ("What a happy, lovely little story.", 1), ("The music was wonderful.", 1),
+        ("A terrible, boring film.", 0), ("I hate this awful movie.", 0),
+        ("The plot was bad and the acting was worse.", 0), ("Boring scenes and a sad, long story.", 0),
+        ("The worst film of the year.", 0), ("Awful music and terrible acting.", 0),
+    ]
+    data = [(t, {"POSITIVE": float(y), "NEGATIVE": float(1 - y)}) for t, y in train]
+    add_textcat(en, data)
+    loss = train_head(en, data, steps=60)
+    en.add_pipe("kx_attributor")
+    print(
+        f"English textcat (mean pooling over the frozen encoder) trained here for 60 steps on "
+        f"{len(train)} demo sentences (loss {loss:.3f}), not on SST-2: `spacy project run "
+        f"train-textcat` trains the real one."
+    )
+    for text in ("I liked this movie very much.", "The plot was boring but the music was wonderful."):
+        doc = en(text)
+        for label, rec in doc._.kx_attributions.items():
+            print(
+                f"  {text!r}: {label} F(x)={rec['f_x']:.3f} F(x')={rec['f_baseline']:.3f} "
+                f"completeness error {rec['error']:.2e} ({rec['error_kind']}) in {rec['steps']} steps"
+            )
+            print("   " + " ".join(f"{t.text}:{t._.kx_attribution:+.3f}" for t in doc))
 
 
 def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] = None) -> None:

@@ -250,6 +250,9 @@ class Attribution:
     @classmethod
     def from_dict(cls, data: Dict) -> "Attribution":
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        for key in ("scores", "pieces"):  # msgpack (DocBin) may give tuples back
+            if fields.get(key) is not None:
+                fields[key] = [float(v) for v in fields[key]]
         return cls(**fields)
 
 

@@ -110,3 +110,32 @@ def add_textcat(
                     noise = rng.normal(0.0, random_scale, value.shape).astype(value.dtype)
                     node.set_param(param, node.ops.asarray(noise))
     return pipe
+
+
+def train_head(nlp, examples: Iterable[Tuple[str, Dict[str, float]]], *, pipe: str = "textcat", steps: int = 40, learn_rate: float = 0.01, seed: int = 0) -> float:
+    """Train only the textcat head for a few steps, the transformer frozen (for demos).
+
+    The transformer runs once on the examples; the head reads ``doc._.trf_data`` as it
+    does with a frozen, annotating transformer in ``spacy train``.
+    RETURNS (float): the last loss.
+    """
+    from spacy.training import Example
+    from thinc.api import Adam, fix_random_seed
+
+    fix_random_seed(seed)
+    examples = list(examples)
+    trf_names = [n for n, p in nlp.components if n != pipe and hasattr(p, "listeners")]
+    docs = [nlp.make_doc(t) for t, _ in examples]
+    for trf in trf_names:
+        docs = list(nlp.get_pipe(trf).pipe(docs))
+    egs = [Example(doc, nlp.make_doc(t)) for doc, (t, _) in zip(docs, examples)]
+    for eg, (_, c) in zip(egs, examples):
+        eg.reference.cats = dict(c)
+    component = nlp.get_pipe(pipe)
+    optimizer = Adam(learn_rate)
+    loss = 0.0
+    for _ in range(steps):
+        losses: Dict[str, float] = {}
+        component.update(egs, sgd=optimizer, losses=losses, drop=0.0)
+        loss = losses.get(pipe, 0.0)
+    return loss

@@ -10,7 +10,9 @@ by each scoring, and decoded by Eisner and Chu-Liu/Edmonds with the root
 * ``free``: the decoder's own choice from the ROOT arc scores;
 
 next to the right-chain, left-chain and star baselines (star on the gold root and on the
-predicted root). ``right-chain-ref`` is the official code's right chain with the gold root,
+predicted root). ``kx-prior`` rows add a positional prior (bonuses for arcs between
+neighbours and for right-branching arcs, weights tuned on EWT dev) to the kx scores, so the
+model chooses among chain-like trees. ``right-chain-ref`` is the official code's right chain with the gold root,
 whose last word points outside the sentence (kx's ``right_chain`` hangs it on the root). ``eisner-ref`` rows use the reference's decoder (Eisner over 0..n, ROOT may
 take several words) on the official scores, as the reference's ``--root gold`` run does.
 UAS and UUAS count every token, punctuation included (the official convention); the JSON
@@ -38,8 +40,12 @@ SCORINGS = {
     "kx": ("kx", "kx", {}, ("eisner", "cle")),
     "kx-raw": ("kx", "raw", {}, ("eisner", "cle")),
     "kx-sym": ("kx", "symmetric", {}, ("eisner", "cle")),
+    # kx scores + a positional prior (kx_spacy.perturbed.trees.positional_prior)
+    "kx-prior": ("kx", "kx", {}, ("eisner", "cle")),
 }
-DEFAULT_SCORINGS = ("official", "official-fixed", "kx", "kx-raw", "kx-sym")
+DEFAULT_SCORINGS = ("official", "official-fixed", "kx", "kx-raw", "kx-sym", "kx-prior")
+# the positional prior of the kx-prior rows, tuned on EWT dev (<= 10 words, first 150)
+DEFAULT_PRIOR = {"adjacent": 1.0, "right": 1.0, "hub": 0.0}
 
 
 def _engine():
@@ -75,6 +81,8 @@ def evaluate_parser(
     batch_size: int = 256,
     progress: bool = True,
     engine=None,
+    prior: Optional[Dict[str, float]] = None,
+    save_impacts: Optional[Path] = None,
 ) -> Dict:
     """Score the perturbed-masking parser and the baselines on the same sentences.
 
@@ -88,16 +96,21 @@ def evaluate_parser(
     progress (bool): show a progress bar.
     engine (object or None): provides compute_impacts / impact_to_scores / predict_root
         (None: ``kx_spacy.perturbed.impact``; tests pass a fake).
+    prior (Dict[str, float] or None): ``adjacent`` / ``right`` / ``hub`` weights of the
+        positional prior added in the ``kx-prior`` rows (None: ``DEFAULT_PRIOR``).
+    save_impacts (Path or None): write every impact matrix to this .npz (keys
+        ``{mode}_{sentence index}``) for re-decoding without the encoder.
     RETURNS (Dict): ``rows`` (method, scores, root, uas, uuas, uas_nopunct, uuas_nopunct),
         ``root_accuracy`` per impact mode and strategy, and the settings.
     """
     from tqdm import tqdm
 
     from ..errors import KxError
-    from ..perturbed.trees import left_chain, right_chain, star
+    from ..perturbed.trees import left_chain, positional_prior, right_chain, star
     from ..scoring import attachment_scores
 
     engine = engine or _engine()
+    prior = dict(DEFAULT_PRIOR if prior is None else prior)
     unknown = [s for s in scorings if s not in SCORINGS]
     if unknown:
         raise KxError(f"Unknown scorings {unknown}; choose from {list(SCORINGS)}.")
@@ -136,6 +149,14 @@ def evaluate_parser(
         timings[mode] = time.perf_counter() - start
         bar.close()
 
+    if save_impacts is not None:
+        import numpy
+
+        Path(save_impacts).parent.mkdir(parents=True, exist_ok=True)
+        numpy.savez_compressed(
+            save_impacts, **{f"{mode}_{i}": M for mode, mats in impacts.items() for i, M in enumerate(mats)}
+        )
+
     root_accuracy = {}
     pred_roots = {}
     for mode, mats in impacts.items():
@@ -167,6 +188,8 @@ def evaluate_parser(
                         if forced is not None:
                             extra["root"] = forced
                     scores = engine.impact_to_scores(M, score_mode, **extra)
+                    if name == "kx-prior":
+                        scores = scores + positional_prior(M.shape[0] - 1, root=forced, **prior)
                     trees.append(dec(scores, forced))
                 add(dec_name, name, root_kind, trees)
 
@@ -178,7 +201,10 @@ def evaluate_parser(
     add("left-chain", "-", "gold", [left_chain(n, r) for n, r in zip(n_words, gold_roots)])
     add("star", "-", "gold", [star(n, r) for n, r in zip(n_words, gold_roots)])
     first_mode = impact_modes[0]
-    add("star", "-", "pred", [star(n, r) for n, r in zip(n_words, pred_roots[first_mode])])
+    proots = pred_roots[first_mode]
+    add("right-chain", "-", "pred", [right_chain(n, r) for n, r in zip(n_words, proots)])
+    add("left-chain", "-", "pred", [left_chain(n, r) for n, r in zip(n_words, proots)])
+    add("star", "-", "pred", [star(n, r) for n, r in zip(n_words, proots)])
 
     return {
         "n_sentences": len(sentences),
@@ -188,7 +214,7 @@ def evaluate_parser(
         "root_strategy": root_strategy,
         "pred_root_from": first_mode,
         "impact_seconds": timings,
-        "settings": {"layers": layers, "distance": distance, "scorings": list(scorings)},
+        "settings": {"layers": layers, "distance": distance, "scorings": list(scorings), "prior": prior},
     }
 
 
@@ -251,6 +277,10 @@ def evaluate_parser_cli(
     scorings: str = typer.Option(",".join(DEFAULT_SCORINGS), help=f"Comma-separated rows from {list(SCORINGS)}."),
     batch_size: int = typer.Option(256, help="Most masked inputs per forward."),
     threads: int = typer.Option(0, help="torch CPU threads (0 = leave as is)."),
+    prior_adjacent: float = typer.Option(DEFAULT_PRIOR["adjacent"], help="kx-prior rows: bonus for arcs between neighbours."),
+    prior_right: float = typer.Option(DEFAULT_PRIOR["right"], help="kx-prior rows: extra bonus when the head is the next word."),
+    prior_hub: float = typer.Option(DEFAULT_PRIOR["hub"], help="kx-prior rows: bonus for arcs from the root word."),
+    save_impacts: Optional[Path] = typer.Option(None, help="Also write the impact matrices to this .npz."),
 ):
     """Perturbed-masking parsing vs right-chain, left-chain and star baselines: UAS / UUAS."""
     from ..backbone import Backbone
@@ -269,6 +299,8 @@ def evaluate_parser_cli(
         sentences, backbone, scorings=[s.strip() for s in scorings.split(",") if s.strip()],
         layers=_parse_layers(layers), distance=distance, root_strategy=root_strategy,
         batch_size=batch_size,
+        prior={"adjacent": prior_adjacent, "right": prior_right, "hub": prior_hub},
+        save_impacts=save_impacts,
     )
     result.update({"data": str(conllu), "encoder": encoder or "minilm", "max_words": max_words, "limit": limit})
     typer.echo(format_parser_table(result))

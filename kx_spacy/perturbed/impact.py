@@ -81,7 +81,7 @@ def cosine_distance(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
     """1 - cosine similarity over the last axis (scale free; 0 for identical vectors)."""
     import torch
 
-    return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
+    return (1.0 - torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)).clamp_min(0.0)
 
 
 def manhattan_distance(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
@@ -518,7 +518,7 @@ def impact_to_scores(
                 M[root] = 0.0
                 M[root, 0] = 1.0
             with numpy.errstate(divide="ignore"):
-                logs = numpy.log(M)
+                logs = numpy.log(numpy.maximum(M, 0.0))
             logs[numpy.isneginf(logs)] = -1e9
             return logs.T.copy()
         if root is not None:

@@ -431,6 +431,40 @@ def _n_of(scores) -> int:
     return arr.shape[0] - 1
 
 
+# ------------------------------------------------------------------ score priors
+def positional_prior(
+    n: int,
+    *,
+    adjacent: float = 0.0,
+    right: float = 0.0,
+    hub: float = 0.0,
+    root: Optional[int] = None,
+) -> numpy.ndarray:
+    """An additive prior on arc scores, from word positions only (no model, no gold).
+
+    Added to a model's arc scores it biases the decoder towards the shapes that the chain and
+    star baselines exploit, while the model still chooses among them.
+
+    n (int): number of words.
+    adjacent (float): bonus for an arc between neighbouring words (either direction).
+    right (float): extra bonus when the head is the next word (right-branching).
+    hub (float): bonus for every arc leaving ``root`` (star-like), if ``root`` is given.
+    root (Optional[int]): the root word the hub bonus applies to.
+    RETURNS (numpy.ndarray): (n+1, n+1) float64 bonuses ``prior[h, d]``; ROOT arcs get 0.
+    """
+    n = _check_n(n)
+    prior = numpy.zeros((n + 1, n + 1))
+    if n >= 2:
+        d = numpy.arange(1, n)
+        prior[d + 1, d] += adjacent + right
+        prior[d, d + 1] += adjacent
+    if hub and root is not None:
+        root = _check_root(root, n)
+        prior[root, 1:] += hub
+        prior[root, root] = 0.0
+    return prior
+
+
 # ---------------------------------------------------------------- registered factories
 @registry.misc("kx_spacy.Eisner.v1")
 def make_eisner(single_root: bool = True) -> Decoder:

@@ -231,8 +231,14 @@ class Pretrainer:
         elif t.get("num_threads"):
             torch.set_num_threads(int(t["num_threads"]))
         self.dist.init(device.type)
+        fresh_ckpt = not self.ckpt_dir.exists()
         try:
             return self._run(device)
+        except BaseException:
+            # leave nothing half-written: a checkpoint folder this run created holds no checkpoint
+            if self.dist.main and fresh_ckpt and not (self.ckpt_dir / "checkpoint.pt").exists():
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            raise
         finally:
             self.dist.close()
 
@@ -322,7 +328,8 @@ class Pretrainer:
         gen = torch.Generator().manual_seed(t["seed"] * 7919 + step * 31 + self.dist.rank)
         max_steps, max_time = t["max_steps"], t["max_time_minutes"]
         max_time = float(max_time) * 60.0 if max_time else None
-        bar = tqdm(total=max_steps, initial=step, disable=not (self.progress and self.dist.main),
+        # a time-limited run shows steps done and their rate, not a step total it will not reach
+        bar = tqdm(total=None if max_time else max_steps, initial=step, unit="step", disable=not (self.progress and self.dist.main),
                    desc="pretrain-mlm", dynamic_ncols=True, mininterval=2.0)
         start = time.time()
         win_tokens, win_start, loss_ema = 0, time.time(), None

@@ -86,10 +86,12 @@ def _row(result, method, scores, root):
     return next(r for r in result["rows"] if (r["method"], r["scores"], r["root"]) == (method, scores, root))
 
 
-def test_parser_with_oracle_engine(conllu_path):
+def test_parser_with_oracle_engine(conllu_path, tmp_path):
     sents = read_conllu(conllu_path)
-    result = evaluate_parser(sents, backbone=None, scorings=("kx",), root_strategy="root_row",
-                             progress=False, engine=oracle_engine(sents))
+    result = evaluate_parser(sents, backbone=None, scorings=("kx", "kx-prior"), root_strategy="root_row",
+                             progress=False, engine=oracle_engine(sents), save_impacts=tmp_path / "m.npz")
+    saved = numpy.load(tmp_path / "m.npz")
+    assert sorted(saved.files) == ["kx_0", "kx_1", "kx_2", "kx_3"] and saved["kx_3"].shape == (11, 11)
     assert result["n_sentences"] == 4 and result["n_tokens"] == 17
     for dec in ("eisner", "cle"):
         for root in ("gold", "pred", "free"):
@@ -103,6 +105,9 @@ def test_parser_with_oracle_engine(conllu_path):
     # mat, today (6) = 12/17
     assert _row(result, "star", "-", "gold")["uas"] == pytest.approx(12 / 17)
     assert _row(result, "star", "-", "pred")["uas"] == pytest.approx(12 / 17)
+    assert _row(result, "right-chain", "-", "pred")["uas"] == _row(result, "right-chain", "-", "gold")["uas"]
+    # the prior rows exist; with a near-perfect oracle the prior costs little on the gold root
+    assert _row(result, "eisner", "kx-prior", "gold")["uas"] >= _row(result, "right-chain", "-", "gold")["uas"]
     # left chain (no root): the->ROOT wrong... 'cat'->the no, 'sat'->cat no, '.'->sat yes;
     # 'dogs' root no, 'ran'->dogs no; 'good' root yes; 'she' root no, 'gave'->she no, ...
     left = _row(result, "left-chain", "-", "none")
@@ -191,3 +196,31 @@ def test_segmenter_real_component(tmp_path, tiny_mlm_dir):
     gold = [["共同", "创造", "美好", "的", "新", "世纪", "。"], [], ["2001年", "新年"]]
     result = evaluate_segmenter(nlp, lines, gold, {"共同"}, progress=False)
     assert 0.0 <= result["f"] <= 1.0 and result["gold_words"] == 9
+
+
+@pytest.mark.slow
+def test_cli_commands_write_metrics(tmp_path, conllu_path, tiny_mlm_dir):
+    from typer.testing import CliRunner
+
+    from kx_spacy.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "metrics" / "parser.json"
+    res = runner.invoke(app, ["evaluate-parser", str(conllu_path), "--encoder", str(tiny_mlm_dir),
+                              "--max-words", "3", "--scorings", "kx", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text(encoding="utf8"))
+    assert data["n_sentences"] == 3 and data["max_words"] == 3  # sentence d has 10 words
+    assert "right-chain" in res.output and "star" in res.output
+    gold = tmp_path / "gold.utf8"
+    gold.write_bytes("共同  创造  美好  的  。\r\n新  世纪\r\n".encode("utf8"))
+    raw = tmp_path / "raw.utf8"
+    raw.write_bytes("共同创造美好的。\r\n新世纪\r\n".encode("utf8"))
+    seg_out = tmp_path / "metrics" / "seg.json"
+    res = runner.invoke(app, ["evaluate-segmenter", str(raw), str(gold), "--encoder", str(tiny_mlm_dir),
+                              "--limit", "1", "--config", '{"threshold": 0.0}', "--output", str(seg_out)])
+    assert res.exit_code == 0, res.output
+    seg = json.loads(seg_out.read_text(encoding="utf8"))
+    assert seg["lines"] == 1 and seg["gold_words"] == 5
+    # threshold 0 joins every scored pair; punctuation stays apart -> '共同创造美好的' + '。'
+    assert seg["pred_words"] == 2 and seg["correct"] == 1

@@ -98,10 +98,19 @@ def test_serialisation_round_trips(nlp, tmp_path):
     assert heads(restored) == heads(doc) and restored._.kx_parse == doc._.kx_parse
 
 
+@pytest.mark.slow
 def test_n_process_2(nlp):
-    texts = [TEXT, "the cat sat"]
-    serial = [heads(d) for d in nlp.pipe(texts)]
-    parallel = [heads(d) for d in nlp.pipe(texts, n_process=2)]
+    import torch
+
+    # torch's OpenMP pool does not survive fork(): one intra-op thread in the parent.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        texts = [TEXT, "the cat sat", "", "Ω dog"]
+        serial = [(heads(d), d._.kx_parse) for d in nlp.pipe(texts)]
+        parallel = [(heads(d), d._.kx_parse) for d in nlp.pipe(texts, n_process=2, batch_size=2)]
+    finally:
+        torch.set_num_threads(threads)
     assert parallel == serial
 
 

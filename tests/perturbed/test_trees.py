@@ -194,3 +194,18 @@ def test_long_sentence_fast():
         heads = dec(s)
         assert is_tree(heads)
     assert time.perf_counter() - start < 10.0
+
+
+def test_positional_prior():
+    from kx_spacy.perturbed.trees import positional_prior
+
+    p = positional_prior(4, adjacent=1.0, right=0.5, hub=2.0, root=2)
+    assert p.shape == (5, 5)
+    assert p[3, 2] == 1.5 and p[2, 3] == 1.0 + 2.0  # adjacent + hub from word 2
+    assert p[2, 4] == 2.0 and p[2, 2] == 0.0 and p[0].sum() == 0.0 and p[:, 0].sum() == 0.0
+    # with only the right bonus, Eisner on zero scores returns the right chain
+    s = numpy.zeros((5, 5)) + positional_prior(4, right=1.0)
+    assert list(eisner(s, 4)) == list(right_chain(4))
+    assert positional_prior(0).shape == (1, 1) and positional_prior(1).sum() == 0.0
+    with pytest.raises(KxError):
+        positional_prior(3, hub=1.0, root=5)

@@ -129,6 +129,7 @@ def test_bad_inputs_leave_nothing_behind(tmp_path, zh_corpus):
         with pytest.raises(err, match=msg):
             pretrain(cfg, out, extra_sources=sources, progress=False)
         assert not out.exists() and not (tmp_path / f".out{i}.tmp").exists()
+        assert not (tmp_path / f"out{i}.checkpoints").exists()
 
 
 def test_cli_overrides_and_errors(tmp_path, zh_corpus):

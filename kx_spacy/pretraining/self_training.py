@@ -1,0 +1,246 @@
+"""Self-training a word segmenter on perturbed-masking pseudo-labels (no gold data anywhere).
+
+The perturbed-masking rule (``kx_spacy.perturbed.segmenter``) scores each adjacent character
+pair of a line by the mutual impact of the two characters under a masked LM. The scores are
+noisy pair by pair, but the *confident* ones are informative: pairs with a high impact are
+usually inside a word, pairs with a low impact usually between words (the BOPT idea, Findings
+of ACL 2022: join ≥ high threshold, split < low threshold, never join across punctuation).
+
+Here the confident pairs become pseudo-labels for a light student: a logistic-regression
+boundary classifier over hashed character n-gram features of the pair and its context, plus
+unsupervised corpus statistics (bigram PMI and frequency, counted on the same raw text). The
+student generalises each decision to every occurrence of the same character context, so it
+needs the (slow) teacher on a subset of lines only and segments any number of lines fast.
+Rounds > 1 relabel with the student's own confident decisions.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy
+
+from ..errors import KxError
+
+BOS, EOS = "<s>", "</s>"
+
+
+class SelfTrainingError(KxError):
+    """Bad settings or input for self-training (thresholds, empty input, no confident pair)."""
+
+
+@dataclass
+class CorpusCounts:
+    """Unigram and adjacent-bigram counts of raw text, for PMI features."""
+
+    unigrams: Counter = field(default_factory=Counter)
+    bigrams: Counter = field(default_factory=Counter)
+    total: int = 0
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> "CorpusCounts":
+        c = cls()
+        for text in texts:
+            c.unigrams.update(text)
+            c.bigrams.update(a + b for a, b in zip(text, text[1:]))
+            c.total += len(text)
+        return c
+
+    def pmi(self, a: str, b: str) -> float:
+        ab = self.bigrams.get(a + b, 0)
+        if not ab:
+            return -10.0
+        return math.log(ab * self.total / (self.unigrams[a] * self.unigrams[b]))
+
+
+def _bucket(value: float, step: float, lo: float, hi: float) -> int:
+    return int(math.floor(min(max(value, lo), hi) / step))
+
+
+def pair_features(text: str, k: int, counts: Optional[CorpusCounts]) -> List[str]:
+    """Feature strings of the boundary between ``text[k]`` and ``text[k + 1]``."""
+    p = text[k - 1] if k > 0 else BOS
+    a, b = text[k], text[k + 1]
+    n = text[k + 2] if k + 2 < len(text) else EOS
+    feats = ["bias", "a:" + a, "b:" + b, "ab:" + a + b, "pa:" + p + a, "bn:" + b + n,
+             "pab:" + p + a + b, "abn:" + a + b + n, "p_b:" + p + b, "a_n:" + a + n]
+    if counts is not None:
+        pmi = counts.pmi(a, b)
+        freq = counts.bigrams.get(a + b, 0)
+        feats += [f"pmi:{_bucket(pmi, 0.5, -3.0, 8.0)}", f"lf:{_bucket(math.log1p(freq), 0.5, 0, 8)}"]
+        # PMI of the competing pairs around the boundary (is ab the stronger bond?)
+        if k > 0:
+            feats.append(f"dl:{_bucket(pmi - counts.pmi(p, a), 1.0, -4, 4)}")
+        if k + 2 < len(text):
+            feats.append(f"dr:{_bucket(pmi - counts.pmi(b, n), 1.0, -4, 4)}")
+    return feats
+
+
+def _hash(feats: List[str], dim: int) -> numpy.ndarray:
+    return numpy.array([zlib.crc32(f.encode("utf-8")) % dim for f in feats], dtype=numpy.int64)
+
+
+class BoundaryClassifier:
+    """Logistic regression over hashed sparse binary features, trained with plain SGD.
+
+    dim (int): size of the hashed feature space.
+    l2 (float): L2 penalty.
+    lr (float): learning rate.
+    seed (int): shuffling seed.
+    """
+
+    def __init__(self, dim: int = 1 << 20, l2: float = 1e-6, lr: float = 0.2, seed: int = 0):
+        self.dim = dim
+        self.l2 = l2
+        self.lr = lr
+        self.w = numpy.zeros(dim, dtype=numpy.float64)
+        self.rng = numpy.random.default_rng(seed)
+
+    def score(self, rows: List[numpy.ndarray]) -> numpy.ndarray:
+        return numpy.array([self.w[r].sum() for r in rows])
+
+    def predict_proba(self, rows: List[numpy.ndarray]) -> numpy.ndarray:
+        return 1.0 / (1.0 + numpy.exp(-self.score(rows)))
+
+    def fit(self, rows: List[numpy.ndarray], y: numpy.ndarray, *, epochs: int = 5,
+            weights: Optional[numpy.ndarray] = None) -> "BoundaryClassifier":
+        if not rows:
+            raise SelfTrainingError("No training pair for the boundary classifier")
+        weights = numpy.ones(len(rows)) if weights is None else weights
+        for epoch in range(epochs):
+            lr = self.lr / (1 + epoch)
+            for i in self.rng.permutation(len(rows)):
+                r = rows[i]
+                z = self.w[r].sum()
+                p = 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
+                g = (p - y[i]) * weights[i]
+                self.w[r] -= lr * (g + self.l2 * self.w[r])
+        return self
+
+
+def pseudo_labels(
+    impacts: Sequence[numpy.ndarray], rules: Sequence[Sequence[Optional[bool]]], *,
+    high: float, low: float, per_line: bool = False,
+) -> List[List[Optional[int]]]:
+    """Confident labels from teacher scores: 1 (join) ≥ ``high`` quantile, 0 (split) < ``low``.
+
+    impacts: per line, the teacher's score of each pair (NaN where not scored).
+    rules: per line, True/False where a rule decides (kept as a label), None elsewhere.
+    high, low (float): quantiles in [0, 1] of the scored pairs (over the corpus, or per line).
+    RETURNS: per line and pair, 1, 0 or None (no confident label).
+    """
+    if not 0.0 <= low <= high <= 1.0:
+        raise SelfTrainingError(f"Need 0 <= low <= high <= 1, got low={low}, high={high}")
+    allv = numpy.concatenate([v[~numpy.isnan(v)] for v in impacts] or [numpy.zeros(0)])
+    if allv.size == 0:
+        raise SelfTrainingError("The teacher scored no pair (empty or all-punctuation input?)")
+    g_hi, g_lo = numpy.quantile(allv, high), numpy.quantile(allv, low)
+    out = []
+    for vals, rule in zip(impacts, rules):
+        scored = vals[~numpy.isnan(vals)]
+        hi, lo = (numpy.quantile(scored, high), numpy.quantile(scored, low)) if per_line and scored.size >= 4 else (g_hi, g_lo)
+        labels: List[Optional[int]] = []
+        for v, r in zip(vals, rule):
+            if r is not None:
+                labels.append(int(r))
+            elif numpy.isnan(v):
+                labels.append(None)
+            elif v >= hi:
+                labels.append(1)
+            elif v < lo:
+                labels.append(0)
+            else:
+                labels.append(None)
+        out.append(labels)
+    return out
+
+
+def _rules(text: str) -> List[Optional[bool]]:
+    from ..perturbed.segmenter import _pair_rules
+
+    return _pair_rules(list(text))
+
+
+def words_from_joins(text: str, joins: Sequence[bool]) -> List[str]:
+    """Cut ``text`` between characters k and k + 1 wherever ``joins[k]`` is False."""
+    words, cur = [], ""
+    for k, ch in enumerate(text):
+        cur += ch
+        if k == len(text) - 1 or not joins[k]:
+            words.append(cur)
+            cur = ""
+    return words
+
+
+def self_train(
+    teach_texts: Sequence[str], impacts: Sequence[numpy.ndarray], segment_texts: Sequence[str], *,
+    high: float = 0.75, low: float = 0.45, per_line: bool = False, rounds: int = 2,
+    epochs: int = 4, extra_texts: Sequence[str] = (), threshold: float = 0.5, seed: int = 0,
+) -> Tuple[List[List[str]], Dict]:
+    """Train the student on the teacher's confident pairs and segment ``segment_texts``.
+
+    teach_texts (Sequence[str]): lines the teacher scored (no whitespace).
+    impacts (Sequence[numpy.ndarray]): the teacher's pair scores for them (n - 1 per line).
+    segment_texts (Sequence[str]): lines to segment (may include the teacher's).
+    high, low (float): pseudo-label quantiles (join ≥ high, split < low).
+    per_line (bool): quantiles per line instead of over all lines.
+    rounds (int): 1 = train on the teacher's labels; each further round retrains on the
+        student's own confident decisions (p ≥ 0.9 or ≤ 0.1) over all lines.
+    epochs (int): SGD epochs per round.
+    extra_texts (Sequence[str]): more raw text for the PMI / frequency counts.
+    threshold (float): join when the student's probability ≥ this.
+    RETURNS (Tuple[List[List[str]], Dict]): words per line of ``segment_texts``, and statistics.
+    """
+    if len(teach_texts) != len(impacts):
+        raise SelfTrainingError(f"{len(teach_texts)} teacher lines but {len(impacts)} impact rows")
+    if rounds < 1:
+        raise SelfTrainingError("rounds must be ≥ 1")
+    for t, v in zip(teach_texts, impacts):
+        if len(v) != max(len(t) - 1, 0):
+            raise SelfTrainingError(f"Line {t[:20]!r}: {len(v)} impacts for {len(t)} characters")
+    counts = CorpusCounts.from_texts(list(segment_texts) + list(teach_texts) + list(extra_texts))
+    dim = 1 << 20
+
+    def featurise(texts):
+        rows, index = [], []
+        for li, text in enumerate(texts):
+            for k in range(len(text) - 1):
+                rows.append(_hash(pair_features(text, k, counts), dim))
+                index.append((li, k))
+        return rows, index
+
+    rules_t = [_rules(t) for t in teach_texts]
+    labels = pseudo_labels(impacts, rules_t, high=high, low=low, per_line=per_line)
+    rows_t, index_t = featurise(teach_texts)
+    sel = [i for i, (li, k) in enumerate(index_t) if labels[li][k] is not None]
+    y = numpy.array([labels[index_t[i][0]][index_t[i][1]] for i in sel], dtype=float)
+    if y.size == 0 or y.min() == y.max():
+        raise SelfTrainingError("The pseudo-labels hold one class only: widen high/low")
+    stats: Dict = {"teacher_lines": len(teach_texts), "pairs": len(rows_t), "pseudo_labelled": int(y.size),
+                   "pseudo_join_rate": float(y.mean()), "rounds": []}
+    clf = BoundaryClassifier(dim=dim, seed=seed).fit([rows_t[i] for i in sel], y, epochs=epochs)
+    rows_s, index_s = featurise(segment_texts)
+    rules_s = [_rules(t) for t in segment_texts]
+    for rnd in range(1, rounds):
+        prob = clf.predict_proba(rows_s)
+        keep, ys = [], []
+        for i, ((li, k), pr) in enumerate(zip(index_s, prob)):
+            r = rules_s[li][k]
+            if r is not None:
+                keep.append(i); ys.append(float(r))
+            elif pr >= 0.9 or pr <= 0.1:
+                keep.append(i); ys.append(float(pr >= 0.5))
+        stats["rounds"].append({"round": rnd + 1, "labelled": len(keep), "join_rate": float(numpy.mean(ys))})
+        clf = BoundaryClassifier(dim=dim, seed=seed + rnd).fit([rows_s[i] for i in keep], numpy.array(ys), epochs=epochs)
+    prob = clf.predict_proba(rows_s) if rows_s else numpy.zeros(0)
+    joins: List[List[bool]] = [[False] * max(len(t) - 1, 0) for t in segment_texts]
+    for (li, k), pr in zip(index_s, prob):
+        r = rules_s[li][k]
+        joins[li][k] = bool(r) if r is not None else bool(pr >= threshold)
+    words = [words_from_joins(t, j) for t, j in zip(segment_texts, joins)]
+    n_pairs = sum(len(j) for j in joins)
+    stats["predicted_join_rate"] = float(sum(map(sum, joins)) / n_pairs) if n_pairs else 0.0
+    return words, stats

@@ -1,0 +1,80 @@
+import numpy
+import pytest
+
+from kx_spacy.errors import KxError
+from kx_spacy.pretraining.self_training import (
+    BoundaryClassifier, CorpusCounts, SelfTrainingError, pseudo_labels, self_train, words_from_joins,
+)
+
+WORDS = ["我们", "喜欢", "北京", "天气", "很", "好", "苹果", "电影", "非常", "精彩", "今天", "吃"]
+
+
+def _corpus(n, seed):
+    rng = numpy.random.default_rng(seed)
+    lines, golds = [], []
+    for _ in range(n):
+        ws = [WORDS[i] for i in rng.integers(0, len(WORDS), size=6)]
+        lines.append("".join(ws))
+        golds.append(ws)
+    return lines, golds
+
+
+def _joins(words):
+    out = []
+    for w in words:
+        out += [True] * (len(w) - 1) + [False]
+    return out[:-1]
+
+
+def test_words_from_joins_roundtrip():
+    assert words_from_joins("我们很好", [True, False, False]) == ["我们", "很", "好"]
+    assert words_from_joins("好", []) == ["好"]
+
+
+def test_pseudo_labels_confident_only_and_rules():
+    imp = [numpy.array([9.0, 1.0, 5.0, numpy.nan]), numpy.array([8.0, 2.0])]
+    rules = [[None, None, None, False], [None, True]]
+    lab = pseudo_labels(imp, rules, high=0.7, low=0.3)
+    assert lab[0][0] == 1 and lab[0][1] == 0 and lab[0][2] is None and lab[0][3] == 0
+    assert lab[1][1] == 1  # a rule's decision is kept
+    with pytest.raises(SelfTrainingError):
+        pseudo_labels(imp, rules, high=0.2, low=0.5)
+    with pytest.raises(KxError):
+        pseudo_labels([numpy.array([numpy.nan])], [[None]], high=0.8, low=0.2)
+
+
+def test_student_beats_a_noisy_teacher():
+    """A teacher right on 75 % of its confident pairs: the student generalises past its noise."""
+    teach, gold_t = _corpus(150, 0)
+    test, gold = _corpus(60, 1)
+    rng = numpy.random.default_rng(2)
+    impacts, teacher_acc = [], []
+    for line, ws in zip(teach, gold_t):
+        truth = numpy.array(_joins(ws), dtype=float)
+        noisy = numpy.where(rng.random(truth.size) < 0.25, 1 - truth, truth)
+        impacts.append(noisy * 5 + rng.random(truth.size))
+        teacher_acc.append(float((noisy == truth).mean()))
+    words, stats = self_train(teach, impacts, test, high=0.6, low=0.4, epochs=3)
+    pair_acc = numpy.mean([
+        numpy.mean(numpy.array(_joins(w)) == numpy.array(_joins(g))) for w, g in zip(words, gold)
+    ])
+    assert pair_acc > numpy.mean(teacher_acc) + 0.1
+    assert all("".join(w) == t for w, t in zip(words, test))
+    assert stats["pseudo_labelled"] > 0 and 0 < stats["predicted_join_rate"] < 1
+
+
+def test_self_train_bad_input():
+    with pytest.raises(SelfTrainingError):
+        self_train(["我们"], [], ["我们"])
+    with pytest.raises(SelfTrainingError):
+        self_train(["我们很好"], [numpy.array([1.0])], ["我们"])
+    with pytest.raises(SelfTrainingError, match="one class"):
+        self_train(["我们很好"], [numpy.array([1.0, 1.0, 1.0])], ["我们"], high=0.0, low=0.0)
+
+
+def test_counts_and_classifier_basics():
+    c = CorpusCounts.from_texts(["我们我们", "我们"])
+    assert c.pmi("我", "们") > 0 and c.pmi("们", "好") == -10.0
+    clf = BoundaryClassifier(dim=64, lr=1.0).fit([numpy.array([1, 2]), numpy.array([3, 4])], numpy.array([1.0, 0.0]), epochs=20)
+    p = clf.predict_proba([numpy.array([1, 2]), numpy.array([3, 4])])
+    assert p[0] > 0.8 and p[1] < 0.2

@@ -37,6 +37,26 @@ def _demo_transformer(en, zh) -> None:
 
 def _demo_perturbed(en, zh) -> None:
     """kx_segmenter / kx_parser (issue 3)."""
+    import spacy
+
+    from .testing import transformer_config
+
+    if "kx_parser" not in en.pipe_names:
+        en.add_pipe("kx_parser")
+    doc = en(EN_TEXT)
+    print(f"English: {en.pipe_names}; one tree per doc.sents (none set here: the doc is one sentence)")
+    print("  " + " ".join(f"{t.text}<-{t.head.text if t.head.i != t.i else 'ROOT'}" for t in doc))
+    print(f"  doc._.kx_parse: {doc._.kx_parse}")
+    # The segmenter must run before the transformer: a new zh pipeline whose transformer
+    # loads the same encoder weights as the demo's Chinese pipeline.
+    encoder = zh.config["components"]["transformer"]["model"]["name"]
+    seg = spacy.blank("zh")
+    seg.add_pipe("kx_segmenter")
+    seg.add_pipe("transformer", config=transformer_config(encoder, window=128, stride=96))
+    seg.initialize()
+    words = [t.text for t in seg(ZH_TEXT)]
+    print(f"Chinese: {seg.pipe_names}; calibrated threshold (each line's 60th percentile of pair impacts)")
+    print("  " + " / ".join(words))
 
 
 def _demo_attribution(en, zh) -> None:

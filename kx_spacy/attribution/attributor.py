@@ -126,7 +126,7 @@ class Attributor:
         self.labels = list(labels) if labels else None
         self.baseline = baseline or make_pad_baseline()
         self.quadrature = quadrature or GaussLegendre()
-        self.quadrature.levels(int(max_steps))  # validates max_steps against the rule
+        self.quadrature.start(int(max_steps))  # validates max_steps against the rule
         self.tolerance = float(tolerance)
         self.max_steps = int(max_steps)
         self.batch_size = int(batch_size)

@@ -74,6 +74,25 @@ class Quadrature:
         """Gradient evaluations of the n-step rule."""
         return n
 
+    # The refinement protocol the IG loop drives (one state per doc and label).
+    def start(self, max_steps: int) -> Dict:
+        """A fresh refinement state using at most ``max_steps`` gradient evaluations."""
+        return {"levels": self.levels(max_steps), "level": 0}
+
+    def current(self, state: Dict) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """Nodes and weights of the state's current rule."""
+        return state["levels"][state["level"]]
+
+    def refine(self, state: Dict, derivative: Dict[float, float], score: Dict[float, float]) -> bool:
+        """Move to a finer rule; False when the step cap leaves none.
+
+        derivative / score (Dict[float, float]): dF/dalpha and F at every node evaluated.
+        """
+        if state["level"] + 1 >= len(state["levels"]):
+            return False
+        state["level"] += 1
+        return True
+
     def levels(self, max_steps: int) -> List[Tuple[numpy.ndarray, numpy.ndarray]]:
         """The successive rules, the finest using at most ``max_steps`` evaluations."""
         if self.evaluations(self.min_steps) > max_steps:
@@ -119,6 +138,69 @@ class RiemannTrapezoid(Quadrature):
         return n + 1
 
 
+class AdaptiveTrapezoid(Quadrature):
+    """Trapezoid rule on a non-uniform grid, refined where the path integrand is hard.
+
+    Every gradient evaluation at a node alpha also gives the score F(alpha), so on each
+    interval [a, b] the trapezoid estimate of the integral of dF/dalpha can be compared
+    with the exact F(b) - F(a): the local completeness error is known. Each refinement
+    bisects the intervals whose local error is at least ``split`` times the largest one;
+    every gradient computed is kept. Suits saturated classifiers whose score changes
+    sharply on a short stretch of the path.
+
+    min_steps (int): intervals of the first, uniform grid.
+    split (float): intervals with local error >= split * max are bisected.
+    """
+
+    name = "adaptive_trapezoid"
+    nested = True
+
+    def __init__(self, min_steps: int = 2, split: float = 0.5):
+        super().__init__(min_steps, 2)
+        if not 0.0 < float(split) <= 1.0:
+            raise AttributionConfigError(f"AdaptiveTrapezoid: split must be in (0, 1], got {split}.")
+        self.split = float(split)
+
+    def evaluations(self, n: int) -> int:
+        return n + 1
+
+    def rule(self, n: int) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        return self._weights(numpy.linspace(0.0, 1.0, n + 1))
+
+    @staticmethod
+    def _weights(alphas: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        widths = numpy.diff(alphas)
+        weights = numpy.zeros(len(alphas))
+        weights[:-1] += widths / 2
+        weights[1:] += widths / 2
+        return alphas, weights
+
+    def start(self, max_steps: int) -> Dict:
+        if self.evaluations(self.min_steps) > max_steps:
+            raise AttributionConfigError(
+                f"max_steps ({max_steps}) is below the coarsest {self.name} rule "
+                f"({self.evaluations(self.min_steps)} evaluations)."
+            )
+        return {"alphas": numpy.linspace(0.0, 1.0, self.min_steps + 1), "budget": int(max_steps)}
+
+    def current(self, state: Dict) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        return self._weights(state["alphas"])
+
+    def refine(self, state: Dict, derivative: Dict[float, float], score: Dict[float, float]) -> bool:
+        alphas = state["alphas"]
+        room = state["budget"] - len(alphas)
+        if room <= 0:
+            return False
+        phi = numpy.asarray([derivative[_alpha_key(a)] for a in alphas])
+        f = numpy.asarray([score[_alpha_key(a)] for a in alphas])
+        local = numpy.abs(numpy.diff(alphas) * (phi[:-1] + phi[1:]) / 2 - numpy.diff(f))
+        order = numpy.argsort(-local, kind="stable")
+        chosen = [i for i in order if local[i] >= self.split * local[order[0]]][:room]
+        mids = (alphas[chosen] + alphas[numpy.asarray(chosen) + 1]) / 2
+        state["alphas"] = numpy.sort(numpy.concatenate([alphas, mids]))
+        return True
+
+
 @registry.misc("kx_spacy.GaussLegendre.v1")
 def make_gauss_legendre(min_steps: int = 4, growth: int = 2) -> Quadrature:
     """Gauss-Legendre quadrature, refined by multiplying the node count by ``growth``.
@@ -128,6 +210,18 @@ def make_gauss_legendre(min_steps: int = 4, growth: int = 2) -> Quadrature:
     RETURNS (Quadrature): the rule family.
     """
     return GaussLegendre(min_steps, growth)
+
+
+@registry.misc("kx_spacy.AdaptiveTrapezoid.v1")
+def make_adaptive_trapezoid(min_steps: int = 2, split: float = 0.5) -> Quadrature:
+    """Trapezoid quadrature refined by bisecting the intervals with the largest local
+    completeness error (known exactly from the scores at the nodes).
+
+    min_steps (int): intervals of the first, uniform grid.
+    split (float): bisect intervals whose local error is >= split * the largest.
+    RETURNS (Quadrature): the rule.
+    """
+    return AdaptiveTrapezoid(min_steps, split)
 
 
 @registry.misc("kx_spacy.RiemannTrapezoid.v1")
@@ -455,7 +549,7 @@ def integrated_gradients(
         raise AttributionConfigError(f"tolerance must be >= 0, got {tolerance}.")
     baseline = baseline or make_pad_baseline()
     quadrature = quadrature or GaussLegendre()
-    levels = quadrature.levels(int(max_steps))
+    quadrature.start(int(max_steps))  # validates max_steps against the rule
     all_labels = list(bridge.labels)
     if not all_labels:
         raise KxError(f"The classifier '{bridge.name}' has no labels: initialise or train it first.")
@@ -485,25 +579,29 @@ def integrated_gradients(
         else:
             jobs.extend((d, all_labels.index(l)) for l in labels)
     cache: List[Dict[float, numpy.ndarray]] = [{} for _ in jobs]
-    level = [0] * len(jobs)
+    phi: List[Dict[float, float]] = [{} for _ in jobs]  # dF/dalpha at each node
+    f_at: List[Dict[float, float]] = [{} for _ in jobs]  # F at each node
+    states = [quadrature.start(int(max_steps)) for _ in jobs]
     final: List[Optional[Tuple[numpy.ndarray, float, str, bool]]] = [None] * len(jobs)
     pending = list(range(len(jobs)))
     while pending:
         items, owners = [], []
         for j in pending:
             d, k = jobs[j]
-            alphas, _ = levels[level[j]]
+            alphas, _ = quadrature.current(states[j])
             for a in alphas:
                 if _alpha_key(a) not in cache[j]:
                     items.append((d, float(a), k))
                     owners.append(j)
-        _, derivs = runner.run(inputs, items, grad=True)
-        for (d, a, k), j, deriv in zip(items, owners, derivs):
+        scores, derivs = runner.run(inputs, items, grad=True)
+        for (d, a, k), j, score, deriv in zip(items, owners, scores, derivs):
             cache[j][_alpha_key(a)] = deriv
+            phi[j][_alpha_key(a)] = float(deriv.sum())
+            f_at[j][_alpha_key(a)] = float(score[k])
         still = []
         for j in pending:
             d, k = jobs[j]
-            alphas, weights = levels[level[j]]
+            alphas, weights = quadrature.current(states[j])
             rows = sum(w * cache[j][_alpha_key(a)] for a, w in zip(alphas, weights))
             delta = float(f_x[d][k] - f_base[d][k])
             total = float(rows.sum())
@@ -512,10 +610,9 @@ def integrated_gradients(
             else:
                 error, kind = abs(total - delta) / abs(delta), "relative"
             ok = error <= tolerance
-            if ok or level[j] + 1 >= len(levels):
+            if ok or not quadrature.refine(states[j], phi[j], f_at[j]):
                 final[j] = (rows, error, kind, ok)
             else:
-                level[j] += 1
                 still.append(j)
         pending = still
     for j, (d, k) in enumerate(jobs):

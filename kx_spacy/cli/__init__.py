@@ -24,6 +24,7 @@ from . import demo  # noqa: E402,F401
 from . import pretrain  # noqa: E402,F401
 from . import pipelines  # noqa: E402,F401
 from . import evaluate_perturbed  # noqa: E402,F401
+from . import bench_perturbed  # noqa: E402,F401
 from . import attribution  # noqa: E402,F401
 
 

@@ -44,7 +44,7 @@ by a finite value low enough that a tree avoiding it always wins where one exist
 
 The registered ``kx_spacy.Eisner.v1`` ... ``kx_spacy.Star.v1`` (``registry.misc``) return a
 callable ``decode(scores, root=None) -> heads``, so a component's decoder is swappable from
-its config.
+its config; ``decode.kind`` is "eisner", "cle" or "baseline".
 """
 from __future__ import annotations
 
@@ -477,6 +477,7 @@ def make_eisner(single_root: bool = True) -> Decoder:
     def decode(scores: numpy.ndarray, root: Optional[int] = None) -> numpy.ndarray:
         return eisner(scores, root, single_root=single_root)
 
+    decode.kind = "eisner"  # type: ignore[attr-defined]
     return decode
 
 
@@ -490,6 +491,7 @@ def make_chu_liu_edmonds() -> Decoder:
     def decode(scores: numpy.ndarray, root: Optional[int] = None) -> numpy.ndarray:
         return chu_liu_edmonds(scores, root)
 
+    decode.kind = "cle"  # type: ignore[attr-defined]
     return decode
 
 
@@ -503,6 +505,7 @@ def make_right_chain() -> Decoder:
     def decode(scores: numpy.ndarray, root: Optional[int] = None) -> numpy.ndarray:
         return right_chain(_n_of(scores), root)
 
+    decode.kind = "baseline"  # type: ignore[attr-defined]
     return decode
 
 
@@ -516,6 +519,7 @@ def make_left_chain() -> Decoder:
     def decode(scores: numpy.ndarray, root: Optional[int] = None) -> numpy.ndarray:
         return left_chain(_n_of(scores), root)
 
+    decode.kind = "baseline"  # type: ignore[attr-defined]
     return decode
 
 
@@ -536,4 +540,5 @@ def make_star() -> Decoder:
             root = int(numpy.argmax(s[0, 1:])) + 1
         return star(n, root)
 
+    decode.kind = "baseline"  # type: ignore[attr-defined]
     return decode

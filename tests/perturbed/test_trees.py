@@ -209,3 +209,10 @@ def test_positional_prior():
     assert positional_prior(0).shape == (1, 1) and positional_prior(1).sum() == 0.0
     with pytest.raises(KxError):
         positional_prior(3, hub=1.0, root=5)
+
+
+def test_decoder_kinds():
+    kinds = {name: registry.misc.get(f"kx_spacy.{name}.v1")().kind
+             for name in ["Eisner", "ChuLiuEdmonds", "RightChain", "LeftChain", "Star"]}
+    assert kinds == {"Eisner": "eisner", "ChuLiuEdmonds": "cle", "RightChain": "baseline",
+                     "LeftChain": "baseline", "Star": "baseline"}

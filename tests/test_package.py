@@ -38,6 +38,8 @@ def test_packaged_pipeline_installs_in_a_fresh_venv(tiny_mlm_dir, tmp_path):
     py = fresh / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True).stdout.strip()
     ours = [p for p in sys.path if p.endswith("site-packages")]
+    # ensurepip's old setuptools would shadow the parent's (torch needs a newer one)
+    subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], capture_output=True)
     (Path(site) / "kx_parent_env.pth").write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in ours))
     # pip resolves the wheel's requirements (spacy, spacy-transformers, kx_spacy) against what is visible
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", str(wheel)], check=True, capture_output=True)

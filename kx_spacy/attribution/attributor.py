@@ -36,9 +36,9 @@ pipe_batch_size = 32
 @misc = "kx_spacy.PadBaseline.v1"
 
 [kx_attributor.quadrature]
-@misc = "kx_spacy.GaussLegendre.v1"
-min_steps = 4
-growth = 2
+@misc = "kx_spacy.AdaptiveSimpson.v1"
+min_steps = 1
+split = 1.0
 """
 
 
@@ -73,7 +73,9 @@ def make_attributor(
     classifier (str): name of the textcat / textcat_multilabel pipe to explain.
     labels (List[str] or None): labels to explain; None: each doc's top label.
     baseline (Callable): baseline function (``kx_spacy.PadBaseline.v1`` ...).
-    quadrature (Quadrature): rule family (``kx_spacy.GaussLegendre.v1`` ...).
+    quadrature (Quadrature): rule (default ``kx_spacy.AdaptiveSimpson.v1``; also
+        ``kx_spacy.GaussLegendre.v1``, ``kx_spacy.RiemannTrapezoid.v1``,
+        ``kx_spacy.AdaptiveTrapezoid.v1``).
     tolerance (float): relative completeness error to reach per doc.
     max_steps (int): gradient evaluations of the finest rule (the step cap).
     batch_size (int): most sequences per encoder forward.
@@ -114,7 +116,7 @@ class Attributor:
         pipe_batch_size: int = 32,
     ):
         from ..errors import AttributionConfigError
-        from .integrated_gradients import GaussLegendre, make_pad_baseline
+        from .integrated_gradients import AdaptiveSimpson, make_pad_baseline
 
         install_extensions()
         if not tolerance >= 0:
@@ -125,7 +127,7 @@ class Attributor:
         self.classifier = classifier
         self.labels = list(labels) if labels else None
         self.baseline = baseline or make_pad_baseline()
-        self.quadrature = quadrature or GaussLegendre()
+        self.quadrature = quadrature or AdaptiveSimpson()
         self.quadrature.start(int(max_steps))  # validates max_steps against the rule
         self.tolerance = float(tolerance)
         self.max_steps = int(max_steps)

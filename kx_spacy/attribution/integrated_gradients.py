@@ -7,7 +7,9 @@ row i is
     A_i = (x_i - x'_i) . integral_0^1 dF/dx_i (x' + a (x - x')) da
 
 and completeness says sum_i A_i = F(x) - F(x'). The integral is computed with a registered
-quadrature rule, refined per doc until the completeness error
+quadrature rule (Gauss-Legendre, trapezoid, or the adaptive trapezoid / Simpson rules that
+refine only where the local completeness error is large), refined per doc until the
+completeness error
 
     |sum_i A_i - (F(x) - F(x'))| / |F(x) - F(x')|
 
@@ -201,6 +203,75 @@ class AdaptiveTrapezoid(Quadrature):
         return True
 
 
+class AdaptiveSimpson(Quadrature):
+    """Composite Simpson rule on panels refined where the local completeness error is large.
+
+    Each panel [a, b] uses the nodes a, (a + b) / 2, b with weights (b - a) (1, 4, 1) / 6.
+    As in ``AdaptiveTrapezoid``, the scores at a and b give the exact F(b) - F(a), so each
+    panel's error is known; panels with error >= ``split`` times the largest are halved,
+    which adds their two quarter points and keeps every gradient computed.
+
+    min_steps (int): panels of the first, uniform grid (2 * min_steps + 1 evaluations).
+    split (float): panels with local error >= split * max are halved.
+    """
+
+    name = "adaptive_simpson"
+    nested = True
+
+    def __init__(self, min_steps: int = 1, split: float = 1.0):
+        super().__init__(min_steps, 2)
+        if not 0.0 < float(split) <= 1.0:
+            raise AttributionConfigError(f"AdaptiveSimpson: split must be in (0, 1], got {split}.")
+        self.split = float(split)
+
+    def evaluations(self, n: int) -> int:
+        return 2 * n + 1
+
+    def rule(self, n: int) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        return self._rule(numpy.linspace(0.0, 1.0, n + 1))
+
+    @staticmethod
+    def _rule(edges: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        mids = (edges[:-1] + edges[1:]) / 2
+        widths = numpy.diff(edges)
+        alphas = numpy.empty(2 * len(edges) - 1)
+        alphas[0::2], alphas[1::2] = edges, mids
+        weights = numpy.zeros(len(alphas))
+        weights[0:-1:2] += widths / 6
+        weights[2::2] += widths / 6
+        weights[1::2] += 4 * widths / 6
+        return alphas, weights
+
+    def start(self, max_steps: int) -> Dict:
+        if self.evaluations(self.min_steps) > max_steps:
+            raise AttributionConfigError(
+                f"max_steps ({max_steps}) is below the coarsest {self.name} rule "
+                f"({self.evaluations(self.min_steps)} evaluations)."
+            )
+        return {"edges": numpy.linspace(0.0, 1.0, self.min_steps + 1), "budget": int(max_steps)}
+
+    def current(self, state: Dict) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        return self._rule(state["edges"])
+
+    def refine(self, state: Dict, derivative: Dict[float, float], score: Dict[float, float]) -> bool:
+        edges = state["edges"]
+        used = 2 * len(edges) - 1
+        room = (state["budget"] - used) // 2
+        if room <= 0:
+            return False
+        alphas, _ = self._rule(edges)
+        phi = numpy.asarray([derivative[_alpha_key(a)] for a in alphas])
+        widths = numpy.diff(edges)
+        simpson = widths * (phi[0:-1:2] + 4 * phi[1::2] + phi[2::2]) / 6
+        exact = numpy.diff([score[_alpha_key(a)] for a in edges])
+        local = numpy.abs(simpson - exact)
+        order = numpy.argsort(-local, kind="stable")
+        chosen = [i for i in order if local[i] >= self.split * local[order[0]]][:room]
+        mids = (edges[chosen] + edges[numpy.asarray(chosen) + 1]) / 2
+        state["edges"] = numpy.sort(numpy.concatenate([edges, mids]))
+        return True
+
+
 @registry.misc("kx_spacy.GaussLegendre.v1")
 def make_gauss_legendre(min_steps: int = 4, growth: int = 2) -> Quadrature:
     """Gauss-Legendre quadrature, refined by multiplying the node count by ``growth``.
@@ -222,6 +293,18 @@ def make_adaptive_trapezoid(min_steps: int = 2, split: float = 0.5) -> Quadratur
     RETURNS (Quadrature): the rule.
     """
     return AdaptiveTrapezoid(min_steps, split)
+
+
+@registry.misc("kx_spacy.AdaptiveSimpson.v1")
+def make_adaptive_simpson(min_steps: int = 1, split: float = 1.0) -> Quadrature:
+    """Composite Simpson quadrature refined by halving the panels with the largest local
+    completeness error (known exactly from the scores at the panel edges).
+
+    min_steps (int): panels of the first, uniform grid.
+    split (float): halve panels whose local error is >= split * the largest.
+    RETURNS (Quadrature): the rule.
+    """
+    return AdaptiveSimpson(min_steps, split)
 
 
 @registry.misc("kx_spacy.RiemannTrapezoid.v1")
@@ -537,7 +620,8 @@ def integrated_gradients(
     docs (Sequence[Doc]): docs the transformer has run on. Empty docs get an empty dict.
     labels (Sequence[str] or None): labels to explain; None: each doc's top label.
     baseline (Callable or None): baseline function; None: [PAD].
-    quadrature (Quadrature or None): rule family; None: Gauss-Legendre from 4 nodes.
+    quadrature (Quadrature or None): rule family; None: adaptive Simpson (the default of
+        kx_attributor: the fewest evaluations in the benchmark).
     tolerance (float): completeness error to reach (relative, see module docstring).
     max_steps (int): most gradient evaluations of the finest rule.
     batch_size (int): most sequences per forward.
@@ -548,7 +632,7 @@ def integrated_gradients(
     if not tolerance >= 0:
         raise AttributionConfigError(f"tolerance must be >= 0, got {tolerance}.")
     baseline = baseline or make_pad_baseline()
-    quadrature = quadrature or GaussLegendre()
+    quadrature = quadrature or AdaptiveSimpson()
     quadrature.start(int(max_steps))  # validates max_steps against the rule
     all_labels = list(bridge.labels)
     if not all_labels:

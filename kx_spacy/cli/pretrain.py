@@ -62,6 +62,8 @@ def self_train_segmenter_cli(
     low: float = typer.Option(0.45, help="Pseudo-label 'split' below this quantile."),
     rounds: int = typer.Option(1, help="Self-training rounds (≥ 2: relabel with the student's confident pairs)."),
     threshold: float = typer.Option(0.5, help="Join when the student's probability reaches this."),
+    join_rate: Optional[float] = typer.Option(None, help="Instead of --threshold: join this fraction of the open pairs (a word-length prior, e.g. 0.4)."),
+    teacher: str = typer.Option("mlm", help="Teacher scores: 'mlm' (perturbed masking with --encoder) or 'pmi' (bigram PMI of the raw text, a baseline)."),
     extra: Optional[List[Path]] = typer.Option(None, "--extra", help="More raw text (plain lines) for the PMI counts."),
     impacts_cache: Optional[Path] = typer.Option(None, help="An .npz file to keep / reuse the teacher's scores."),
     output: Path = typer.Option(Path("metrics/self_train_segmenter.json"), "--output", "-o", help="Results JSON."),
@@ -89,7 +91,19 @@ def self_train_segmenter_cli(
     teach = lines[:teach_limit] if teach_limit else lines
     enc = chinese_encoder_path(encoder)
     impacts = None
-    if impacts_cache and impacts_cache.exists():
+    if teacher not in ("mlm", "pmi"):
+        typer.echo(f"✘ --teacher must be 'mlm' or 'pmi', got {teacher!r}", err=True)
+        raise typer.Exit(1)
+    extra_texts = []
+    for p in extra or []:
+        extra_texts += ["".join(x.split()) for x in p.read_text(encoding="utf-8").splitlines()]
+    if teacher == "pmi":
+        from ..pretraining.self_training import CorpusCounts
+
+        enc = "pmi"
+        counts = CorpusCounts.from_texts(list(lines) + extra_texts)
+        impacts = [numpy.array([counts.pmi(a, b) for a, b in zip(t, t[1:])]) for t in teach]
+    elif impacts_cache and impacts_cache.exists():
         data = numpy.load(impacts_cache, allow_pickle=False)
         if str(data["encoder"]) == enc and int(data["n"]) == len(teach):
             flat, offs = data["flat"], data["offsets"]
@@ -113,17 +127,15 @@ def self_train_segmenter_cli(
             numpy.savez(impacts_cache, flat=numpy.concatenate(impacts) if impacts else numpy.zeros(0),
                         offsets=offs, encoder=enc, n=len(teach))
     teacher_s = time.perf_counter() - start
-    extra_texts = []
-    for p in extra or []:
-        extra_texts += ["".join(x.split()) for x in p.read_text(encoding="utf-8").splitlines()]
     try:
         words, stats = self_train(teach, impacts, seg_lines, high=high, low=low, rounds=rounds,
-                                  threshold=threshold, extra_texts=extra_texts)
+                                  threshold=threshold, join_rate=join_rate, extra_texts=extra_texts)
     except KxError as err:
         typer.echo(f"✘ {type(err).__name__}: {err}", err=True)
         raise typer.Exit(1)
-    result = {"input": str(input_path), "encoder": enc, "teach_lines": len(teach), "lines": len(seg_lines),
-              "high": high, "low": low, "rounds": rounds, "threshold": threshold, "stats": stats,
+    result = {"input": str(input_path), "encoder": enc, "teacher": teacher, "teach_lines": len(teach),
+              "lines": len(seg_lines), "high": high, "low": low, "rounds": rounds, "threshold": threshold,
+              "join_rate": join_rate, "stats": stats,
               "teacher_seconds": round(teacher_s, 1), "seconds": round(time.perf_counter() - start, 1)}
     if gold_path:
         from ..scoring import segmentation_scores

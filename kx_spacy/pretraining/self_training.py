@@ -178,7 +178,8 @@ def words_from_joins(text: str, joins: Sequence[bool]) -> List[str]:
 def self_train(
     teach_texts: Sequence[str], impacts: Sequence[numpy.ndarray], segment_texts: Sequence[str], *,
     high: float = 0.75, low: float = 0.45, per_line: bool = False, rounds: int = 2,
-    epochs: int = 4, extra_texts: Sequence[str] = (), threshold: float = 0.5, seed: int = 0,
+    epochs: int = 4, extra_texts: Sequence[str] = (), threshold: float = 0.5,
+    join_rate: Optional[float] = None, seed: int = 0,
 ) -> Tuple[List[List[str]], Dict]:
     """Train the student on the teacher's confident pairs and segment ``segment_texts``.
 
@@ -192,6 +193,8 @@ def self_train(
     epochs (int): SGD epochs per round.
     extra_texts (Sequence[str]): more raw text for the PMI / frequency counts.
     threshold (float): join when the student's probability ≥ this.
+    join_rate (Optional[float]): instead of ``threshold``, join this fraction of the pairs that
+        no rule decides (the most probable ones) — a prior on word length, not gold data.
     RETURNS (Tuple[List[List[str]], Dict]): words per line of ``segment_texts``, and statistics.
     """
     if len(teach_texts) != len(impacts):
@@ -236,6 +239,13 @@ def self_train(
         stats["rounds"].append({"round": rnd + 1, "labelled": len(keep), "join_rate": float(numpy.mean(ys))})
         clf = BoundaryClassifier(dim=dim, seed=seed + rnd).fit([rows_s[i] for i in keep], numpy.array(ys), epochs=epochs)
     prob = clf.predict_proba(rows_s) if rows_s else numpy.zeros(0)
+    if join_rate is not None:
+        if not 0.0 <= join_rate <= 1.0:
+            raise SelfTrainingError(f"join_rate must be in [0, 1], got {join_rate}")
+        open_probs = numpy.array([pr for (li, k), pr in zip(index_s, prob) if rules_s[li][k] is None])
+        if open_probs.size:
+            threshold = float(numpy.quantile(open_probs, 1.0 - join_rate))
+        stats["threshold_from_join_rate"] = threshold
     joins: List[List[bool]] = [[False] * max(len(t) - 1, 0) for t in segment_texts]
     for (li, k), pr in zip(index_s, prob):
         r = rules_s[li][k]

@@ -13,11 +13,19 @@ def _run(nlp, docs, classifier="textcat", **kwargs):
     return integrated_gradients(Backbone.from_nlp(nlp), ClassifierBridge(nlp, classifier), docs, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["kx_spacy.GaussLegendre.v1", "kx_spacy.RiemannTrapezoid.v1"])
+QUADS = [
+    "kx_spacy.GaussLegendre.v1",
+    "kx_spacy.RiemannTrapezoid.v1",
+    "kx_spacy.AdaptiveTrapezoid.v1",
+    "kx_spacy.AdaptiveSimpson.v1",
+]
+
+
+@pytest.mark.parametrize("name", QUADS)
 def test_quadrature_rules_integrate_polynomials(name):
     from spacy.util import registry
 
-    rule = registry.misc.get(name)(min_steps=4, growth=2)
+    rule = registry.misc.get(name)(min_steps=4)
     levels = rule.levels(64)
     assert len(levels) >= 3
     for alphas, weights in levels:
@@ -41,7 +49,7 @@ def test_quadrature_config_errors():
         RiemannTrapezoid(min_steps=8).levels(4)
 
 
-@pytest.mark.parametrize("quad", ["kx_spacy.GaussLegendre.v1", "kx_spacy.RiemannTrapezoid.v1"])
+@pytest.mark.parametrize("quad", QUADS)
 @pytest.mark.parametrize("base", ["kx_spacy.PadBaseline.v1", "kx_spacy.MaskBaseline.v1", "kx_spacy.ZeroBaseline.v1"])
 def test_completeness_reached(shared_textcat_nlp, texts, quad, base):
     from spacy.util import registry
@@ -88,6 +96,33 @@ def test_step_cap_reports_unconverged(shared_textcat_nlp):
     assert not rec.converged
     assert rec.steps == 2 + 4 + 8  # every level tried, none reused (Gauss-Legendre)
     assert rec.error > 0
+
+
+@pytest.mark.parametrize("name", ["kx_spacy.AdaptiveTrapezoid.v1", "kx_spacy.AdaptiveSimpson.v1"])
+def test_local_refinement(name):
+    """The adaptive rules refine where the integrand is hard and keep every node."""
+    from spacy.util import registry
+
+    from kx_spacy.attribution.integrated_gradients import _alpha_key
+
+    rule = registry.misc.get(name)(min_steps=2)
+    sharp = lambda a: 1.0 / (1.0 + numpy.exp(-60.0 * (a - 0.8)))  # noqa: E731 - F along the path
+    dsharp = lambda a: 60.0 * sharp(a) * (1.0 - sharp(a))  # noqa: E731
+    state = rule.start(64)
+    seen = []
+    while True:
+        alphas, weights = rule.current(state)
+        assert set(numpy.round(seen, 12)) <= set(numpy.round(alphas, 12))  # nested
+        seen = list(alphas)
+        err = abs((weights * dsharp(alphas)).sum() - (sharp(1.0) - sharp(0.0)))
+        if err < 2e-3:
+            break
+        phi = {_alpha_key(a): dsharp(a) for a in alphas}
+        f = {_alpha_key(a): sharp(a) for a in alphas}
+        assert rule.refine(state, phi, f), err
+    assert len(alphas) <= 64
+    # nodes cluster where F changes: more of them in [0.6, 1] than in [0, 0.4]
+    assert ((alphas >= 0.6).sum()) > ((alphas <= 0.4).sum())
 
 
 def test_trapezoid_reuses_gradients(shared_textcat_nlp):

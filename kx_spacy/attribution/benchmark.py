@@ -119,13 +119,17 @@ def run_benchmark(
     n_deletion: int = 200,
     seed: int = 0,
     threads: Optional[int] = None,
+    parts: str = "abc",
+    captum_steps: Sequence[int] = (50, 32, 16),
 ) -> Dict:
-    """Run (a), (b), (c) on SST-2 dev with a trained pipeline; prints tables, returns results."""
+    """Run (a), (b), (c) on SST-2 dev with a trained pipeline; prints tables, returns results.
+
+    parts (str): which parts to run ("abc" = all).
+    captum_steps (Sequence[int]): Captum step counts timed in (a); the first is the reference.
+    """
     import spacy
     import torch
-    from tqdm import tqdm
 
-    from .integrated_gradients import AdaptiveSimpson, AdaptiveTrapezoid, GaussLegendre, RiemannTrapezoid
     from .workflow import read_sentiment
 
     if threads:
@@ -140,8 +144,19 @@ def run_benchmark(
         "model": str(model), "device": str(torch.device("cpu")), "torch_threads": torch.get_num_threads(),
     }
 
-    # (a) speed vs Captum on the same docs
-    tdocs = docs[:n_time]
+    if "a" in parts:
+        results["speed"] = _part_a(nlp, docs[:n_time], labels, captum_steps)
+    if "b" in parts:
+        results["completeness"] = _part_b(nlp, docs[:n_errors])
+    if "c" in parts:
+        results["deletion"] = _part_c(nlp, docs[:n_deletion], labels, seed)
+    return results
+
+
+def _part_a(nlp, tdocs, labels, captum_steps):
+    """(a) speed vs Captum on the same docs."""
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
     ours = _ig(nlp, tdocs)
     t_ours = (time.perf_counter() - t0) / len(tdocs)
@@ -154,7 +169,7 @@ def run_benchmark(
         ("kx_attributor (default: adaptive Simpson, batched)", t_ours, [r.error for r in recs], float(numpy.mean([r.steps for r in recs]))),
         ("kx_attributor (adaptive Simpson, one doc a call)", t_single, [r.error for r in recs_single], float(numpy.mean([r.steps for r in recs_single]))),
     ]
-    for n_steps in (50, 16):
+    for n_steps in captum_steps:
         errs = []
         t0 = time.perf_counter()
         for doc, rec in tqdm(list(zip(tdocs, recs)), desc=f"captum n_steps={n_steps}"):
@@ -166,14 +181,19 @@ def run_benchmark(
     captum_default = rows_a[2][1]
     print("\n(a) time per example, same model and inputs, this run")
     print(f"{'method':<48}{'ms/ex':>9}{'x vs Captum':>12}{'steps':>7}{'err med':>9}{'err p95':>9}{'<=1%':>7}")
-    results["speed"] = []
+    speed = []
     for name, t, errs, steps in rows_a:
         p = _percentiles(errs)
         print(f"{name:<48}{t * 1000:>9.1f}{captum_default / t:>12.2f}{steps:>7.1f}{p['median']:>9.2e}{p['p95']:>9.2e}{p['share_le_1pct']:>7.1%}")
-        results["speed"].append({"method": name, "seconds_per_example": t, "speedup_vs_captum_default": captum_default / t, "mean_steps": steps, **p})
+        speed.append({"method": name, "seconds_per_example": t, "speedup_vs_captum_default": captum_default / t, "mean_steps": steps, **p})
 
-    # (b) completeness error vs steps
-    edocs = docs[:n_errors]
+    return speed
+
+
+def _part_b(nlp, edocs):
+    """(b) completeness error vs steps."""
+    from .integrated_gradients import AdaptiveSimpson, AdaptiveTrapezoid, GaussLegendre, RiemannTrapezoid
+
     table = []
     for quad, ns in ((GaussLegendre, (2, 4, 8, 16)), (RiemannTrapezoid, (4, 8, 16))):
         for n in ns:
@@ -192,10 +212,11 @@ def run_benchmark(
     print(f"{'rule':<42}{'steps':>7}{'median':>10}{'p95':>10}{'max':>10}{'<=1%':>7}")
     for row in table:
         print(f"{row['rule']:<42}{row['steps']:>7.1f}{row['median']:>10.2e}{row['p95']:>10.2e}{row['max']:>10.2e}{row['share_le_1pct']:>7.1%}")
-    results["completeness"] = table
+    return table
 
-    # (c) deletion curves
-    ddocs = docs[:n_deletion]
+
+def _part_c(nlp, ddocs, labels, seed):
+    """(c) deletion curves."""
     ig = _ig(nlp, ddocs)
     ig_recs = [next(iter(r.values())) for r in ig]
     label_idx = [labels.index(r.label) for r in ig_recs]
@@ -225,5 +246,4 @@ def run_benchmark(
     print(f"{'method':<24}" + "".join(f"{f'{int(f * 100)}%':>8}" for f in FRACTIONS) + f"{'AOPC':>8}")
     for name, c in sorted(curves.items(), key=lambda kv: -kv[1]["aopc"]):
         print(f"{name:<24}" + "".join(f"{v:>8.4f}" for v in c["drop_by_fraction"]) + f"{c['aopc']:>8.4f}")
-    results["deletion"] = curves
-    return results
+    return curves

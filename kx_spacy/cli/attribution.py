@@ -114,13 +114,14 @@ def bench_attribution_cli(
     n_deletion: int = typer.Option(200, help="Examples for the deletion curves."),
     seed: int = typer.Option(0, help="Random seed (random baseline of the deletion curves)."),
     threads: int = typer.Option(0, help="torch threads (0: leave as is)."),
+    parts: str = typer.Option("abc", help="Parts to run: a (speed), b (completeness), c (deletion)."),
 ):
     """Benchmark kx_attributor: speed vs Captum, completeness vs steps, deletion AOPC."""
     from ..attribution.benchmark import run_benchmark
 
     results = run_benchmark(
         model, data_dir=data_dir, n_time=n_time, n_errors=n_errors, n_deletion=n_deletion,
-        seed=seed, threads=threads or None,
+        seed=seed, threads=threads or None, parts=parts,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))

@@ -67,7 +67,7 @@ Layers = Union[int, Sequence[int]]
 Distance = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 MODES = ("kx", "official")
-SCORE_MODES = ("kx", "official", "raw", "symmetric")
+SCORE_MODES = ("kx", "official", "raw", "symmetric", "symmetric_prior")
 ROOT_STRATEGIES = ("root_row", "in_degree", "out_degree", "centrality")
 
 
@@ -480,6 +480,8 @@ def impact_to_scores(
     root: Optional[int] = None,
     decoder: str = "eisner",
     softmax_quirk: bool = True,
+    adjacent: float = 2.0,
+    right: float = 1.0,
 ) -> numpy.ndarray:
     """Arc scores ``scores[h, d]`` for the tree decoders from an impact matrix.
 
@@ -498,9 +500,16 @@ def impact_to_scores(
         "raw": ``scores[h, d] = M[d, h]``, the raw impacts.
         "symmetric": ``M[d, h] + M[h, d]`` (impacts are close to symmetric; averaging the
         two directions halves the noise).
+        "symmetric_prior": the symmetric scores z-scored over the word pairs, plus
+        ``adjacent`` for arcs between neighbours and ``right`` more for a head right
+        after its dependent; ROOT arcs 0 (give the root). Tuned on EWT dev (<= 10 words,
+        MiniLM, centrality root): UAS 40.4 against 31.6 for "symmetric" and 38.6 for the
+        right chain with the same root.
     root (int or None): gold root (official mode: the reference's gold-root edit).
     decoder (str): "eisner" or "cle" (matters in official mode only).
     softmax_quirk (bool): official mode, Eisner: keep the reference's softmax.
+    adjacent (float): "symmetric_prior": bonus for arcs between neighbouring words.
+    right (float): "symmetric_prior": extra bonus when the head is the next word.
     RETURNS (numpy.ndarray): (n + 1, n + 1) float64 arc scores.
     """
     M = numpy.array(M, dtype="float64", copy=True)
@@ -536,6 +545,21 @@ def impact_to_scores(
         S[0, :] = M[0, :]
         S[:, 0] = 0.0
         return S
+    if mode == "symmetric_prior":
+        out = numpy.zeros_like(M)
+        n = n1 - 1
+        if n < 2:
+            return out
+        W = (M + M.T)[1:, 1:]
+        off = ~numpy.eye(n, dtype=bool)
+        spread = W[off].std()
+        W = (W - W[off].mean()) / (spread if spread > 0 else 1.0)
+        pos = numpy.arange(n)
+        gap = pos[None, :] - pos[:, None]  # d - h for scores[h, d]
+        W = W + adjacent * (numpy.abs(gap) == 1) + right * (gap == -1)
+        numpy.fill_diagonal(W, 0.0)
+        out[1:, 1:] = W
+        return out
     # kx: per-dependent log-softmax over its candidate heads
     cand = M.copy()
     cand[1:, 0] = M[0, 1:]

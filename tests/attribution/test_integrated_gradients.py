@@ -49,8 +49,11 @@ def test_quadrature_config_errors():
         RiemannTrapezoid(min_steps=8).levels(4)
 
 
-@pytest.mark.parametrize("quad", QUADS)
-@pytest.mark.parametrize("base", ["kx_spacy.PadBaseline.v1", "kx_spacy.MaskBaseline.v1", "kx_spacy.ZeroBaseline.v1"])
+@pytest.mark.parametrize(
+    "quad,base",
+    [(q, "kx_spacy.PadBaseline.v1") for q in QUADS]
+    + [("kx_spacy.AdaptiveSimpson.v1", b) for b in ("kx_spacy.MaskBaseline.v1", "kx_spacy.ZeroBaseline.v1")],
+)
 def test_completeness_reached(shared_textcat_nlp, texts, quad, base):
     from spacy.util import registry
 

@@ -185,6 +185,13 @@ def test_kx_scores_are_log_probabilities_over_heads():
     numpy.testing.assert_allclose(impact_to_scores(M, "raw"), M.T)
     sym = impact_to_scores(M, "symmetric")
     numpy.testing.assert_allclose(sym[1:, 1:], (M + M.T)[1:, 1:])
+    prior = impact_to_scores(M, "symmetric_prior", adjacent=0.0, right=0.0)
+    words = prior[1:, 1:][~numpy.eye(6, dtype=bool)]
+    assert abs(words.mean()) < 1e-9 and words.std() == pytest.approx(1.0)  # z-scored
+    assert numpy.all(prior[0] == 0) and numpy.all(prior[:, 0] == 0)
+    bonus = impact_to_scores(M, "symmetric_prior", adjacent=2.0, right=1.0) - prior
+    assert bonus[3, 2] == pytest.approx(3.0) and bonus[2, 3] == pytest.approx(2.0) and bonus[4, 2] == 0
+    assert impact_to_scores(numpy.zeros((2, 2)), "symmetric_prior").max() == 0
     for bad in (numpy.zeros((2, 3)), numpy.zeros(3)):
         with pytest.raises(KxError):
             impact_to_scores(bad, "kx")

@@ -1,5 +1,4 @@
 """kx_parser: the standard component battery."""
-import numpy
 import pytest
 import spacy
 from spacy import displacy

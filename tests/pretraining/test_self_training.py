@@ -78,3 +78,38 @@ def test_counts_and_classifier_basics():
     clf = BoundaryClassifier(dim=64, lr=1.0).fit([numpy.array([1, 2]), numpy.array([3, 4])], numpy.array([1.0, 0.0]), epochs=20)
     p = clf.predict_proba([numpy.array([1, 2]), numpy.array([3, 4])])
     assert p[0] > 0.8 and p[1] < 0.2
+
+
+def test_join_rate_prior_sets_the_fraction_joined():
+    teach, _ = _corpus(40, 3)
+    rng = numpy.random.default_rng(4)
+    impacts = [rng.random(len(t) - 1) for t in teach]
+    for rate in (0.2, 0.6):
+        words, stats = self_train(teach, impacts, teach, join_rate=rate, epochs=1)
+        assert abs(stats["predicted_join_rate"] - rate) < 0.05
+    with pytest.raises(SelfTrainingError):
+        self_train(teach, impacts, teach, join_rate=1.5)
+
+
+def test_cli_pmi_teacher_scores_against_gold(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kx_spacy.cli import app
+
+    lines, gold = _corpus(30, 5)
+    inp, gp = tmp_path / "in.txt", tmp_path / "gold.txt"
+    inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    gp.write_text("\n".join("  ".join(g) for g in gold) + "\n", encoding="utf-8")
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(app, ["self-train-segmenter", str(inp), "--gold", str(gp), "--teacher", "pmi",
+                                   "--teach-limit", "0", "--join-rate", "0.5", "-o", str(out),
+                                   "--segmented", str(tmp_path / "seg.txt")])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["lines"] == 30 and 0.0 <= result["f"] <= 1.0 and result["teacher"] == "pmi"
+    seg = (tmp_path / "seg.txt").read_text(encoding="utf-8").splitlines()
+    assert ["".join(s.split()) for s in seg] == lines
+    res = CliRunner().invoke(app, ["self-train-segmenter", str(inp), "--teacher", "bert?"])
+    assert res.exit_code == 1

@@ -192,15 +192,17 @@ def _part_a(nlp, tdocs, labels, captum_steps):
 
 def _part_b(nlp, edocs):
     """(b) completeness error vs steps."""
+    from tqdm import tqdm
+
     from .integrated_gradients import AdaptiveSimpson, AdaptiveTrapezoid, GaussLegendre, RiemannTrapezoid
 
     table = []
-    for quad, ns in ((GaussLegendre, (2, 4, 8, 16)), (RiemannTrapezoid, (4, 8, 16))):
-        for n in ns:
-            rule = quad(min_steps=n)
-            res = _ig(nlp, edocs, quadrature=rule, tolerance=0.0, max_steps=rule.evaluations(n))
-            errs = [next(iter(r.values())).error for r in res]
-            table.append({"rule": rule.name, "steps": rule.evaluations(n), "adaptive": False, **_percentiles(errs)})
+    fixed = [(quad, n) for quad, ns in ((GaussLegendre, (2, 4, 8, 16)), (RiemannTrapezoid, (4, 8, 16))) for n in ns]
+    for quad, n in tqdm(fixed, desc="fixed rules"):
+        rule = quad(min_steps=n)
+        res = _ig(nlp, edocs, quadrature=rule, tolerance=0.0, max_steps=rule.evaluations(n))
+        errs = [next(iter(r.values())).error for r in res]
+        table.append({"rule": rule.name, "steps": rule.evaluations(n), "adaptive": False, **_percentiles(errs)})
     for label, rule in (
         ("gauss_legendre adaptive 4,8,16,32", GaussLegendre(4)),
         ("adaptive_trapezoid (from 2)", AdaptiveTrapezoid(2)),

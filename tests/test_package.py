@@ -12,20 +12,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_packaged_pipeline_installs_in_a_fresh_venv(tiny_mlm_dir, tmp_path):
-    from kx_spacy.pipeline_builder import build_pipeline, save_pipeline
+def test_project_package_builds_a_wheel_that_installs_in_a_fresh_venv(tiny_mlm_dir, tmp_path):
+    """`spacy project run package` (project.yml as committed, encoder overridden to the tiny
+    model) -> a wheel that requires kx_spacy, installs in a fresh venv and loads there."""
+    import os
+    import shutil
 
-    nlp = build_pipeline("en", str(tiny_mlm_dir), ["kx_parser"], window=24, stride=16)
-    expected = [t.head.i for t in nlp("the cat sat on the mat .")]
-    save_pipeline(nlp, tmp_path / "pipe", name="kxtest", version="0.0.1")
-    out = tmp_path / "packages"
-    out.mkdir()
+    import spacy
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "project.yml", project / "project.yml")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     subprocess.run(
-        [sys.executable, "-m", "spacy", "package", str(tmp_path / "pipe"), str(out), "--build", "wheel", "--force"],
-        check=True,
-        capture_output=True,
+        [sys.executable, "-m", "spacy", "project", "run", "package", str(project),
+         "--vars.english_encoder", str(tiny_mlm_dir), "--vars.package_name", "kxtest", "--vars.package_version", "0.0.1"],
+        check=True, capture_output=True, env=env, cwd=project,
     )
-    (wheel,) = out.glob("*/dist/*.whl")
+    nlp = spacy.load(project / "training" / "kxtest")
+    expected = [t.head.i for t in nlp("the cat sat on the mat .")]
+    (wheel,) = (project / "packages").glob("*/dist/*.whl")
     with zipfile.ZipFile(wheel) as zf:
         meta = next(n for n in zf.namelist() if n.endswith("METADATA"))
         requires = [l for l in zf.read(meta).decode().splitlines() if l.startswith("Requires-Dist")]

@@ -2,6 +2,7 @@
 import ast
 import configparser
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -49,9 +50,31 @@ def load_target(target):
 
 def test_every_entry_point_resolves_through_spacy():
     for group, pairs in declared_entry_points().items():
+        if group == "spacy_factories":
+            continue  # spaCy loads factories when a pipeline is made: checked below
         registry = getattr(spacy.registry, GROUP_TO_REGISTRY[group])
         for name, target in pairs.items():
             assert registry.get(name) is load_target(target), f"{group}: {name}"
+
+
+def test_factories_are_found_without_importing_kx_spacy():
+    # What users do: spacy.blank(...) then add_pipe("kx_..."), with no import of kx_spacy.
+    factories = sorted(declared_entry_points()["spacy_factories"])
+    assert factories
+    code = (
+        "import json, sys, spacy\n"
+        "from spacy.language import Language\n"
+        f"names = {factories!r}\n"
+        "before = [Language.has_factory(n) for n in names]\n"
+        "nlp = spacy.blank('en')\n"
+        "print(json.dumps({'before': before, 'after': [Language.has_factory(n) for n in names],"
+        " 'meta': [Language.get_factory_meta(n).factory for n in names]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["before"] == [False] * len(factories)  # nothing registered at `import spacy`
+    assert result["after"] == [True] * len(factories)
+    assert result["meta"] == factories
 
 
 def test_installed_entry_points_match_setup_cfg():

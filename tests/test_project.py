@@ -1,0 +1,33 @@
+"""project.yml stays valid: commands resolve, scripts keep their lines, repo deps exist."""
+from pathlib import Path
+
+import srsly
+from weasel.util import load_project_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_config_resolves_and_keeps_script_lines():
+    raw = srsly.read_yaml(ROOT / "project.yml")
+    resolved = load_project_config(ROOT)
+    names = [c["name"] for c in raw["commands"]]
+    assert len(names) == len(set(names))
+    for before, after in zip(raw["commands"], resolved["commands"]):
+        for field in ("script", "deps", "outputs"):
+            assert len(before.get(field, [])) == len(after.get(field, [])), (before["name"], field)
+    for workflow, steps in resolved.get("workflows", {}).items():
+        assert set(steps) <= set(names), workflow
+
+
+def test_deps_inside_the_repository_exist():
+    resolved = load_project_config(ROOT)
+    data_dir = resolved["vars"]["data_dir"]
+    made = set()
+    for command in resolved["commands"]:
+        for dep in command.get("deps", []):
+            if dep.startswith(data_dir) or any(dep.startswith(m) for m in made):
+                continue  # shared data, or an output of an earlier command
+            if dep.split("/")[0] in ("training", "corpus", "metrics", "packages"):
+                continue  # workflow outputs
+            assert (ROOT / dep).exists(), (command["name"], dep)
+        made.update(command.get("outputs", []))

@@ -119,7 +119,14 @@ def make_kx_parser(
 
 
 def _decoder_kind(decoder: Callable) -> str:
-    """'cle' for a Chu-Liu/Edmonds decoder, else 'eisner' (official scoring differs)."""
+    """'cle' for a Chu-Liu/Edmonds decoder, else 'eisner' (official scoring differs).
+
+    The registered decoders say what they are in ``decode.kind``; a user's own function is
+    recognised by its name.
+    """
+    kind = getattr(decoder, "kind", None)
+    if kind in ("cle", "eisner"):
+        return kind
     name = getattr(decoder, "__qualname__", "") + getattr(decoder, "__name__", "")
     return "cle" if "chu_liu" in name.lower() or "edmonds" in name.lower() else "eisner"
 

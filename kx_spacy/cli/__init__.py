@@ -13,7 +13,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _group() -> None:
     """kx_spacy: research components for spaCy over one shared transformer."""

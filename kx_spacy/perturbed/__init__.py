@@ -1,1 +1,5 @@
-"""perturbed"""
+"""Perturbed masking (Wu et al., ACL 2020) over the shared encoder, with no training.
+
+impact: the batched impact engine; trees: tree decoders and baselines; parser: the
+``kx_parser`` pipe; segmenter: the ``kx_segmenter`` pipe.
+"""

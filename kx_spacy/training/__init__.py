@@ -1,1 +1,1 @@
-"""training"""
+"""Utilities shared by every training loop (gradient clipping)."""

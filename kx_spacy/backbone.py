@@ -93,7 +93,8 @@ class DocWordpieces:
     token_rows: List[numpy.ndarray]
 
 
-def _is_oom(err: BaseException) -> bool:
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device out-of-memory error (torch's, or a RuntimeError saying so)."""
     import torch
 
     if isinstance(err, getattr(torch, "OutOfMemoryError", ())):
@@ -487,7 +488,7 @@ class Backbone:
             try:
                 run(batch)
             except Exception as err:  # noqa: BLE001 - only out-of-memory is handled
-                if not _is_oom(err):
+                if not is_out_of_memory(err):
                     raise
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import numpy
 from spacy.util import registry
 
+from ..backbone import is_out_of_memory
 from ..errors import AttributionConfigError, KxError, UnknownLabelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +77,13 @@ class Quadrature:
         """Gradient evaluations of the n-step rule."""
         return n
 
+    def _check_budget(self, max_steps: int) -> None:
+        if self.evaluations(self.min_steps) > max_steps:
+            raise AttributionConfigError(
+                f"max_steps ({max_steps}) is below the coarsest {self.name} rule "
+                f"({self.evaluations(self.min_steps)} evaluations)."
+            )
+
     # The refinement protocol the IG loop drives (one state per doc and label).
     def start(self, max_steps: int) -> Dict:
         """A fresh refinement state using at most ``max_steps`` gradient evaluations."""
@@ -97,11 +105,7 @@ class Quadrature:
 
     def levels(self, max_steps: int) -> List[Tuple[numpy.ndarray, numpy.ndarray]]:
         """The successive rules, the finest using at most ``max_steps`` evaluations."""
-        if self.evaluations(self.min_steps) > max_steps:
-            raise AttributionConfigError(
-                f"max_steps ({max_steps}) is below the coarsest {self.name} rule "
-                f"({self.evaluations(self.min_steps)} evaluations)."
-            )
+        self._check_budget(max_steps)
         out = []
         n = self.min_steps
         while self.evaluations(n) <= max_steps:
@@ -178,11 +182,7 @@ class AdaptiveTrapezoid(Quadrature):
         return alphas, weights
 
     def start(self, max_steps: int) -> Dict:
-        if self.evaluations(self.min_steps) > max_steps:
-            raise AttributionConfigError(
-                f"max_steps ({max_steps}) is below the coarsest {self.name} rule "
-                f"({self.evaluations(self.min_steps)} evaluations)."
-            )
+        self._check_budget(max_steps)
         return {"alphas": numpy.linspace(0.0, 1.0, self.min_steps + 1), "budget": int(max_steps)}
 
     def current(self, state: Dict) -> Tuple[numpy.ndarray, numpy.ndarray]:
@@ -243,11 +243,7 @@ class AdaptiveSimpson(Quadrature):
         return alphas, weights
 
     def start(self, max_steps: int) -> Dict:
-        if self.evaluations(self.min_steps) > max_steps:
-            raise AttributionConfigError(
-                f"max_steps ({max_steps}) is below the coarsest {self.name} rule "
-                f"({self.evaluations(self.min_steps)} evaluations)."
-            )
+        self._check_budget(max_steps)
         return {"edges": numpy.linspace(0.0, 1.0, self.min_steps + 1), "budget": int(max_steps)}
 
     def current(self, state: Dict) -> Tuple[numpy.ndarray, numpy.ndarray]:
@@ -484,12 +480,6 @@ def prepare_inputs(backbone: "Backbone", doc: "Doc", baseline: BaselineFn) -> _D
     return _DocInputs(doc, ids, mask, types, x, base, x - base, list(wp.token_rows), share)
 
 
-def _is_oom(err: BaseException) -> bool:
-    from ..backbone import _is_oom as backbone_oom
-
-    return backbone_oom(err)
-
-
 class PathRunner:
     """Evaluates scores (and path gradients) at many (doc, alpha) points in large batches.
 
@@ -536,7 +526,7 @@ class PathRunner:
         try:
             self._run_batch(inputs, items, batch, grad, scores, derivs)
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled
-            if not _is_oom(err) or len(batch) == 1:
+            if not is_out_of_memory(err) or len(batch) == 1:
                 raise
             if self.backbone.device.type == "cuda":
                 torch.cuda.empty_cache()

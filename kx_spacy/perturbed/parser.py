@@ -224,14 +224,13 @@ class KxParser(Pipe):
         heads_per_doc: List[Dict[int, int]] = [dict() for _ in docs]
         records: List[List[dict]] = [[] for _ in docs]
         kind = _decoder_kind(self.decoder)
-        sentences_words = sentences
         for job_i, ((di, start, end, kept), M) in enumerate(zip(jobs, impacts)):
             n = len(kept)
             heads = heads_per_doc[di]
             if n == 0:
                 root_tok = start
             else:
-                root = None if self.root_strategy == "decoder" else predict_root(M, self.root_strategy, words=sentences_words[job_i])
+                root = None if self.root_strategy == "decoder" else predict_root(M, self.root_strategy, words=sentences[job_i])
                 extra = {}
                 if self.scoring == "official":
                     extra = {"decoder": kind, "softmax_quirk": self.softmax_quirk, "root": root}

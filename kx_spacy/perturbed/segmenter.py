@@ -81,11 +81,27 @@ def is_alnum_run(text: str) -> bool:
     return True
 
 
+DECIMAL_POINTS = frozenset(".．")
+
+
+def _is_digits(text: str) -> bool:
+    return bool(text) and unicodedata.normalize("NFKC", text).isdigit()
+
+
 def _pair_rules(units: Sequence[str]) -> List[Optional[bool]]:
-    """Per adjacent pair: True (join), False (split) or None (ask the model)."""
+    """Per adjacent pair: True (join), False (split) or None (ask the model).
+
+    Punctuation and whitespace split; runs of digits / Latin letters join, and so does a decimal
+    point between digits (3.14, ３．５), which is one number in every segmentation standard.
+    """
     out: List[Optional[bool]] = []
-    for a, b in zip(units[:-1], units[1:]):
-        if is_break(a) or is_break(b):
+    n = len(units)
+    for i, (a, b) in enumerate(zip(units[:-1], units[1:])):
+        if b in DECIMAL_POINTS and _is_digits(a) and i + 2 < n and _is_digits(units[i + 2]):
+            out.append(True)
+        elif a in DECIMAL_POINTS and i > 0 and _is_digits(units[i - 1]) and _is_digits(b):
+            out.append(True)
+        elif is_break(a) or is_break(b):
             out.append(False)
         elif is_alnum_run(a) and is_alnum_run(b):
             out.append(True)

@@ -80,6 +80,12 @@ class _Dist:
         return self.rank == 0
 
 
+def uses_bf16(precision: str, device_type: str) -> bool:
+    """bf16 autocast: "auto" means yes on a GPU; on the CPU only when asked ("bf16"), as it
+    pays only on CPUs with bf16 matrix units (AMX, AVX512-BF16)."""
+    return precision == "bf16" or (device_type == "cuda" and precision == "auto")
+
+
 def lr_factor(step: int, warmup_steps: int, progress: float, schedule: str, min_ratio: float) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup_steps`` steps times a decay.
 
@@ -324,7 +330,7 @@ class Pretrainer:
             mask_ratio=t["mask_ratio"], random_ratio=t["random_ratio"],
         )
         heldout = self._heldout_batches(collator)
-        use_bf16 = device.type == "cuda" and t["precision"] in ("auto", "bf16")
+        use_bf16 = uses_bf16(t["precision"], device.type)
         gen = torch.Generator().manual_seed(t["seed"] * 7919 + step * 31 + self.dist.rank)
         max_steps, max_time = t["max_steps"], t["max_time_minutes"]
         max_time = float(max_time) * 60.0 if max_time else None
@@ -459,6 +465,7 @@ class Pretrainer:
             "history": history,
             "world_size": self.dist.world,
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "autocast": "bf16" if uses_bf16(t["precision"], device.type) else "fp32",
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),

@@ -158,6 +158,45 @@ def pseudo_labels(
     return out
 
 
+def rank_average(*teachers: Sequence[numpy.ndarray], weights: Optional[Sequence[float]] = None) -> List[numpy.ndarray]:
+    """Combine teachers' pair scores on the same lines: the (weighted) mean of their ranks.
+
+    Each teacher's scores become their quantile (0-1) among all its scored pairs, so scales and
+    units do not matter; a pair one teacher did not score (NaN) takes the others' mean.
+    teachers: per teacher, per line, one score per pair (NaN where not scored).
+    weights: one non-negative weight per teacher (default: equal).
+    RETURNS (List[numpy.ndarray]): per line, the combined score (NaN where no teacher scored).
+    """
+    if not teachers:
+        raise SelfTrainingError("rank_average needs at least one teacher")
+    w = numpy.ones(len(teachers)) if weights is None else numpy.asarray(weights, dtype=float)
+    if w.shape != (len(teachers),) or (w < 0).any() or not w.sum() > 0:
+        raise SelfTrainingError(f"Need one non-negative weight per teacher (not all zero), got {weights}")
+    n_lines = len(teachers[0])
+    if any(len(t) != n_lines for t in teachers):
+        raise SelfTrainingError("The teachers scored different numbers of lines")
+    ranked = []
+    for lines in teachers:
+        flat = numpy.concatenate([numpy.asarray(v, dtype=float) for v in lines] or [numpy.zeros(0)])
+        ok = ~numpy.isnan(flat)
+        q = numpy.full(flat.shape, numpy.nan)
+        if ok.any():
+            order = numpy.sort(flat[ok])
+            # mid-rank of ties, so equal scores get equal quantiles
+            lo = numpy.searchsorted(order, flat[ok], side="left")
+            hi = numpy.searchsorted(order, flat[ok], side="right")
+            q[ok] = (lo + hi) / (2.0 * order.size)
+        ranked.append(q)
+    if any(r.shape != ranked[0].shape for r in ranked):
+        raise SelfTrainingError("The teachers scored lines of different lengths")
+    stack = numpy.stack(ranked)
+    wk = numpy.where(numpy.isnan(stack), 0.0, w[:, None])
+    with numpy.errstate(invalid="ignore", divide="ignore"):
+        mean = (numpy.nan_to_num(stack) * wk).sum(axis=0) / wk.sum(axis=0)  # 0/0: NaN, no teacher
+    offsets = numpy.cumsum([0] + [len(v) for v in teachers[0]])
+    return [mean[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
 def _rules(text: str) -> List[Optional[bool]]:
     from ..perturbed.segmenter import _pair_rules
 

@@ -45,6 +45,17 @@ def test_full_width_and_mixed_runs(zh):
         assert any(run in w for w in words(doc))  # the run is never cut (it may take a neighbour)
 
 
+def test_decimal_numbers_stay_whole(zh):
+    from kx_spacy.perturbed.segmenter import _pair_rules
+
+    assert _pair_rules(list("长3.5倍")) == [None, True, True, None]
+    assert _pair_rules(list("３．５％")) == [True, True, False]
+    assert _pair_rules(list("第1.好")) == [None, False, False]  # a full stop after a number splits
+    assert _pair_rules(list(".5")) == [False] and _pair_rules(list("5.")) == [False]
+    for text, number in (("增长了3.25倍。", "3.25"), ("约１２．５公里", "１２．５")):
+        assert any(number in w for w in words(zh(text)))
+
+
 def test_adjacent_impacts_match_the_full_matrix(backbone):
     from kx_spacy.perturbed.impact import compute_impacts
     from kx_spacy.perturbed.segmenter import adjacent_impacts

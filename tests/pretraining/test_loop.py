@@ -172,3 +172,20 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # each step consumed a batch on each of the 2 ranks
     assert man["tokens_seen"] > 4 * 8 * 10
     assert (out / "model.safetensors").exists()
+
+
+def test_bf16_autocast_on_the_cpu_when_asked(tmp_path):
+    from kx_spacy.pretraining.loop import uses_bf16
+
+    assert uses_bf16("bf16", "cpu") and uses_bf16("auto", "cuda") and uses_bf16("bf16", "cuda")
+    assert not uses_bf16("auto", "cpu") and not uses_bf16("fp32", "cuda")
+    corpus = write_corpus(tmp_path / "zh.txt", n_lines=300)
+    cfg = tiny_config(max_steps=40, eval_every=20, lr=0.01, warmup_steps=4, eval_sequences=64, precision="bf16")
+    cfg["corpus"]["heldout_every"] = 4
+    man = _run(cfg, corpus, tmp_path / "m")
+    assert man["autocast"] == "bf16" and man["device"] == "cpu"
+    losses = [h["heldout_loss"] for h in man["history"]]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    from transformers import AutoModelForMaskedLM
+
+    assert AutoModelForMaskedLM.from_pretrained(str(tmp_path / "m")).dtype == torch.float32

@@ -113,3 +113,76 @@ def test_cli_pmi_teacher_scores_against_gold(tmp_path):
     assert ["".join(s.split()) for s in seg] == lines
     res = CliRunner().invoke(app, ["self-train-segmenter", str(inp), "--teacher", "bert?"])
     assert res.exit_code == 1
+
+
+def test_rank_average_combines_by_rank_and_fills_gaps():
+    from kx_spacy.pretraining.self_training import rank_average
+
+    a = [numpy.array([1.0, 2.0, numpy.nan]), numpy.array([3.0])]
+    b = [numpy.array([300.0, 200.0, 100.0]), numpy.array([numpy.nan])]
+    out = rank_average(a, b)
+    assert [len(v) for v in out] == [3, 1]
+    assert out[0][0] == pytest.approx((1 / 6 + 5 / 6) / 2) and out[0][1] == pytest.approx(0.5)
+    assert out[0][2] == pytest.approx(1 / 6) and out[1][0] == pytest.approx(5 / 6)  # one teacher only
+    # monotone transforms of a teacher change nothing
+    same = rank_average(a, [numpy.exp(v / 100) for v in b])
+    assert all(numpy.allclose(x, y) for x, y in zip(out, same))
+    with pytest.raises(SelfTrainingError):
+        rank_average(a, b[:1])
+    with pytest.raises(SelfTrainingError):
+        rank_average()
+
+
+def test_parse_teachers():
+    from kx_spacy.pretraining.teachers import parse_teachers
+
+    assert parse_teachers("nvbe+mlm") == ["nvbe", "mlm"]
+    for bad in ("bert", "nvbe+nvbe", "", "+"):
+        with pytest.raises(SelfTrainingError):
+            parse_teachers(bad)
+
+
+def test_cli_combined_teacher_with_the_mlm_and_its_cache(tmp_path, tiny_mlm_dir, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import kx_spacy.pipeline_builder
+    from kx_spacy.cli import app
+
+    lines, gold = _corpus(20, 6)
+    inp, gp = tmp_path / "in.txt", tmp_path / "gold.txt"
+    inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    gp.write_text("\n".join("  ".join(g) for g in gold) + "\n", encoding="utf-8")
+    cache, out = tmp_path / "impacts.npz", tmp_path / "m.json"
+    args = ["self-train-segmenter", str(inp), "--gold", str(gp), "--teacher", "nvbe+mlm", "--encoder", str(tiny_mlm_dir),
+            "--teach-limit", "6", "--high", "0.7", "--low", "0.3", "--impacts-cache", str(cache), "-o", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["teacher"] == "nvbe+mlm" and result["teach_lines"] == 6 and result["lines"] == 20
+    assert cache.exists() and 0.0 <= result["teacher_f_on_teach_lines"] <= 1.0
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the cached impacts should have been reused")
+
+    monkeypatch.setattr(kx_spacy.pipeline_builder, "build_pipeline", no_model)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["f"] == pytest.approx(result["f"])
+    res = CliRunner().invoke(app, args[:2] + ["--teacher", "nvbe+nvbe", "-o", str(out)])
+    assert res.exit_code == 1 and "each once" in res.output
+
+
+def test_rank_average_weights():
+    from kx_spacy.pretraining.self_training import rank_average
+
+    a = [numpy.array([1.0, 2.0, 3.0])]
+    b = [numpy.array([3.0, 2.0, numpy.nan])]
+    out = rank_average(a, b, weights=[3, 1])[0]
+    assert out[0] == pytest.approx((3 * 1 / 6 + 1 * 3 / 4) / 4)
+    assert out[2] == pytest.approx(5 / 6)  # b did not score it: a alone
+    assert numpy.allclose(rank_average(a, b, weights=[1, 0])[0], [1 / 6, 1 / 2, 5 / 6])  # b weighs nothing
+    for bad in ([1], [1, -1], [0, 0]):
+        with pytest.raises(SelfTrainingError):
+            rank_average(a, b, weights=bad)

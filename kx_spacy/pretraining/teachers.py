@@ -51,39 +51,65 @@ def mlm_scores(teach: Sequence[str], encoder: str, *, cache: Optional[Path] = No
                progress: bool = False, batch_lines: int = 8) -> List[numpy.ndarray]:
     """Su's adjacent-pair impacts of a character MLM (``encoder``: HF name or path).
 
-    cache (Path): an .npz file that keeps the impacts, reused when encoder and lines match.
+    cache (Path): an .npz file of impacts per line text for this encoder (its weights, for a
+        local folder): lines already there are not scored again, new ones are added, so runs
+        over overlapping lines share the work.
     """
-    if cache is not None and cache.exists():
-        data = numpy.load(cache, allow_pickle=False)
-        same = "digest" in data.files and str(data["digest"]) == _digest(teach)
-        if same and str(data["encoder"]) == encoder and int(data["n"]) == len(teach):
-            flat, offs = data["flat"], data["offsets"]
-            return [flat[offs[i]:offs[i + 1]] for i in range(len(teach))]
-    from tqdm import tqdm
+    key = _encoder_key(encoder)
+    known = _load_cache(cache, key) if cache is not None else {}
+    todo = list(dict.fromkeys(t for t in teach if t not in known))
+    if todo:
+        from tqdm import tqdm
 
-    from ..backbone import Backbone
-    from ..perturbed.segmenter import adjacent_impacts
-    from ..pipeline_builder import build_pipeline
+        from ..backbone import Backbone
+        from ..perturbed.segmenter import adjacent_impacts
+        from ..pipeline_builder import build_pipeline
 
-    nlp = build_pipeline("zh", encoder, [])
-    backbone = Backbone.from_nlp(nlp, "transformer")
-    impacts: List[numpy.ndarray] = []
-    for i in tqdm(range(0, len(teach), batch_lines), desc="mlm teacher", unit="batch", disable=not progress):
-        chunk = teach[i:i + batch_lines]
-        pairs = [[r is None for r in _rules(t)] for t in chunk]
-        impacts += adjacent_impacts(backbone, [list(t) for t in chunk], pairs=pairs)
-    if cache is not None:
-        offs = numpy.cumsum([0] + [len(v) for v in impacts])
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        numpy.savez(cache, flat=numpy.concatenate(impacts) if impacts else numpy.zeros(0), offsets=offs,
-                    encoder=encoder, n=len(teach), digest=_digest(teach))
-    return impacts
+        nlp = build_pipeline("zh", encoder, [])
+        backbone = Backbone.from_nlp(nlp, "transformer")
+        for i in tqdm(range(0, len(todo), batch_lines), desc="mlm teacher", unit="batch", disable=not progress):
+            chunk = todo[i:i + batch_lines]
+            pairs = [[r is None for r in _rules(t)] for t in chunk]
+            known.update(zip(chunk, adjacent_impacts(backbone, [list(t) for t in chunk], pairs=pairs)))
+        if cache is not None:
+            _save_cache(cache, key, known)
+    return [known[t] for t in teach]
 
 
-def _digest(lines: Sequence[str]) -> str:
+def _encoder_key(encoder: str) -> str:
+    """A local model folder: a digest of its files (a retrained model is another key);
+    a hub name: the name."""
     import hashlib
 
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]
+    folder = Path(encoder)
+    if not folder.is_dir():
+        return encoder
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".txt", ".safetensors", ".bin")):
+            h.update(f.name.encode("utf-8"))
+            h.update(f.read_bytes())
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def _load_cache(path: Path, encoder: str) -> Dict[str, numpy.ndarray]:
+    if not path.exists():
+        return {}
+    data = numpy.load(path, allow_pickle=False)
+    if "lines" not in data.files or str(data["encoder"]) != encoder:
+        return {}  # another encoder, or an older cache format: score again
+    flat, offs = data["flat"], data["offsets"]
+    return {str(t): flat[offs[i]:offs[i + 1]] for i, t in enumerate(data["lines"])}
+
+
+def _save_cache(path: Path, encoder: str, known: Dict[str, numpy.ndarray]) -> None:
+    lines = list(known)
+    offs = numpy.cumsum([0] + [len(known[t]) for t in lines])
+    flat = numpy.concatenate([known[t] for t in lines]) if lines else numpy.zeros(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    numpy.savez(tmp, flat=flat, offsets=offs, lines=numpy.array(lines, dtype=str), encoder=encoder)
+    tmp.replace(path)
 
 
 def teacher_scores(spec: str, teach: Sequence[str], corpus: Sequence[str], *, encoder: Optional[str],

@@ -186,3 +186,36 @@ def test_rank_average_weights():
     for bad in ([1], [1, -1], [0, 0]):
         with pytest.raises(SelfTrainingError):
             rank_average(a, b, weights=bad)
+
+
+def test_mlm_cache_scores_only_new_lines(tmp_path, tiny_mlm_dir, monkeypatch):
+    import kx_spacy.perturbed.segmenter as seg
+    from kx_spacy.pretraining.teachers import mlm_scores
+
+    lines, _ = _corpus(8, 7)
+    seen = []
+    real = seg.adjacent_impacts
+
+    def counting(backbone, units, **kw):
+        seen.extend("".join(u) for u in units)
+        return real(backbone, units, **kw)
+
+    monkeypatch.setattr(seg, "adjacent_impacts", counting)
+    cache = tmp_path / "c.npz"
+    first = mlm_scores(lines[:5], str(tiny_mlm_dir), cache=cache)
+    assert seen == lines[:5]
+    again = mlm_scores(lines[3:] + lines[:2], str(tiny_mlm_dir), cache=cache)
+    assert seen == lines[:5] + lines[5:]  # only the three new lines were scored
+    for a, b in zip(first[3:5] + first[:2], again[:2] + again[5:]):
+        assert numpy.allclose(a, b, equal_nan=True)
+    assert all(len(v) == len(t) - 1 for v, t in zip(again, lines[3:] + lines[:2]))
+    seen.clear()
+    import shutil
+
+    copy = tmp_path / "same_model_elsewhere"
+    shutil.copytree(tiny_mlm_dir, copy)
+    mlm_scores(lines[:2], str(copy), cache=cache)  # the same weights at another path: reused
+    assert seen == []
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("}", ', "x": 1}', 1))
+    mlm_scores(lines[:2], str(copy), cache=cache)  # a changed model: scored again
+    assert seen == lines[:2]

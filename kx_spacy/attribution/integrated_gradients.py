@@ -77,6 +77,12 @@ class Quadrature:
         """Gradient evaluations of the n-step rule."""
         return n
 
+    def _split_fraction(self, split: float) -> float:
+        """The adaptive rules' ``split`` setting, checked to lie in (0, 1]."""
+        if not 0.0 < float(split) <= 1.0:
+            raise AttributionConfigError(f"{type(self).__name__}: split must be in (0, 1], got {split}.")
+        return float(split)
+
     def _check_budget(self, max_steps: int) -> None:
         if self.evaluations(self.min_steps) > max_steps:
             raise AttributionConfigError(
@@ -163,9 +169,7 @@ class AdaptiveTrapezoid(Quadrature):
 
     def __init__(self, min_steps: int = 2, split: float = 0.5):
         super().__init__(min_steps, 2)
-        if not 0.0 < float(split) <= 1.0:
-            raise AttributionConfigError(f"AdaptiveTrapezoid: split must be in (0, 1], got {split}.")
-        self.split = float(split)
+        self.split = self._split_fraction(split)
 
     def evaluations(self, n: int) -> int:
         return n + 1
@@ -220,9 +224,7 @@ class AdaptiveSimpson(Quadrature):
 
     def __init__(self, min_steps: int = 1, split: float = 1.0):
         super().__init__(min_steps, 2)
-        if not 0.0 < float(split) <= 1.0:
-            raise AttributionConfigError(f"AdaptiveSimpson: split must be in (0, 1], got {split}.")
-        self.split = float(split)
+        self.split = self._split_fraction(split)
 
     def evaluations(self, n: int) -> int:
         return 2 * n + 1

@@ -37,17 +37,13 @@ class BranchingEntropyError(KxError):
     """Bad settings or input for the branching-entropy segmenter."""
 
 
-def _is_break(ch: str) -> bool:
-    from ..perturbed.segmenter import is_break
-
-    return is_break(ch)
-
-
 def chunks(text: str) -> List[Tuple[int, str]]:
     """(start, run) of the maximal runs of ``text`` without punctuation or whitespace."""
+    from ..perturbed.segmenter import is_break  # the segmenter's own notion of a break
+
     out, start = [], None
     for i, ch in enumerate(text):
-        if _is_break(ch):
+        if is_break(ch):
             if start is not None:
                 out.append((start, text[start:i]))
                 start = None

@@ -22,6 +22,7 @@ GROUP_TO_REGISTRY = {
     "spacy_readers": "readers",
     "spacy_scorers": "scorers",
     "spacy_displacy_colors": "displacy_colors",
+    "thinc_optimizers": "optimizers",
 }
 
 
@@ -146,7 +147,7 @@ def test_importing_kx_spacy_adds_no_heavy_modules():
         "before = set(sys.modules)\n"
         "import kx_spacy, kx_spacy.cli\n"
         "from importlib.metadata import entry_points\n"
-        "for group in ('spacy_factories','spacy_architectures','spacy_misc','spacy_readers','spacy_scorers','spacy_displacy_colors'):\n"
+        "for group in ('spacy_factories','spacy_architectures','spacy_misc','spacy_readers','spacy_scorers','spacy_displacy_colors','thinc_optimizers'):\n"
         "    for ep in entry_points(group=group):\n"
         "        if ep.value.startswith('kx_spacy'):\n"
         "            ep.load()\n"

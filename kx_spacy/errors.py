@@ -52,3 +52,33 @@ class UnknownLabelError(KxError):
 
 class AttributionConfigError(KxError):
     """kx_attributor: an invalid setting (tolerance, steps, quadrature, baseline)."""
+
+
+# --- linear attention (issue 10) ---
+class AttentionShapeError(KxError):
+    """Linear / softmax attention: inputs of inconsistent shapes (head dims, lengths, masks)."""
+
+
+class FeatureMapError(KxError):
+    """Linear attention: an unknown feature map, or one that cannot be used causally."""
+
+
+class AttentionKernelError(KxError):
+    """Linear attention: an unknown kernel, or the fla kernel asked for where it cannot run."""
+
+
+# --- generation (issue 11) ---
+class GeneratorConfigError(KxError):
+    """kx_generator: an invalid setting (ε, max_length, top-k, top-p, beam width, layer kind)."""
+
+
+class GeneratorVocabError(KxError):
+    """kx_generator: a target vocabulary without its special tokens, or no training targets."""
+
+
+class SourceTooLongError(KxError):
+    """kx_generator: a source document longer than the generator's source window."""
+
+
+class GeneratorNotInitializedError(KxError):
+    """kx_generator: the pipe is used before ``nlp.initialize()`` built its vocabulary."""

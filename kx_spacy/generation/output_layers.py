@@ -1,0 +1,312 @@
+"""Output layers of the generator: hidden states -> next-token log-probabilities.
+
+Three layers, all pure torch and all computed in log space:
+
+* ``SoftmaxOutput``: ``log_softmax(W h + b)``; nothing forces it to stop.
+* ``SelfTerminatingOutput`` (Welleck et al., EMNLP 2020): with ``z_eos = u_eos·h_t + c``,
+  ``β_t = (1 − ε)·σ(z_eos)``, ``α_t = ∏_{s≤t} β_s``, ``p(eos | t) = 1 − α_t`` and every
+  other token ``v`` gets ``α_t · softmax(z_V)_v`` (softmax over the non-EOS tokens). Since
+  ``α_t ≤ (1 − ε)^t``, ``p(eos | t) ≥ 1 − (1 − ε)^t`` at every step ``t`` (counted from 1).
+  ``log α_t = Σ log β_s`` is the running state carried from step to step.
+* ``NonMonotonicSelfTerminatingOutput`` (Choi et al., ICLR 2023): ``p(eos | t) =
+  (1 − (1 − ε)^t)(1 − σ(z_eos)) + σ(z_eos)``, the other tokens ``(1 − ε)^t (1 − σ(z_eos))
+  softmax(z_V)``. Same lower bound, but ``p(eos)`` may go down as well as up, which is why it
+  costs (almost) no perplexity. The state is the step index ``t``.
+
+These formulas are those of the reference code (uralik/consistency-lm,
+nyu-dl/non-monotonic-self-terminating-lm): the EOS row of the projection gives the
+sigmoid's logit, the other rows a softmax over the rest of the vocabulary, the step index
+starts at 1 for the first generated token. Here ``log(1 − exp(a))`` is evaluated with the
+stable ``log1mexp`` and sums of probabilities with ``logaddexp``, without the clamping to
+1e-20 that the reference code uses.
+
+Every layer has the same API:
+
+* ``forward(hidden)``: teacher forcing, ``hidden`` (B, T, H) -> log-probs (B, T, V) for steps
+  1..T.
+* ``initial_state(batch_size, device)`` and ``step(hidden_t, state)``: incremental decoding,
+  ``hidden_t`` (B, H) -> (log-probs (B, V), new state). States are (B,) float tensors, so a
+  beam search reorders them with ``state[index]``.
+* ``lower_bound(t)``: the guaranteed ``p(eos | t)`` (0 for softmax).
+
+``never_ids`` (PAD, BOS) get probability 0 (log-prob −inf) in every layer.
+
+Registered builders (``registry.misc``) return an :class:`OutputLayerSpec`; the generator
+builds the torch module once it knows the vocabulary: ``spec.build(hidden, n_vocab, eos_id,
+never_ids)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import GeneratorConfigError
+
+KINDS = ("softmax", "st", "nmst")
+INIT_EOS_BIAS = 3.0  # initial EOS-row bias of the ST (+) / NMST (−) layers
+
+
+def log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """``log(1 − exp(a))`` for ``a ≤ 0``, accurate over the whole range (Mächler 2012)."""
+    return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def check_epsilon(epsilon: float) -> float:
+    """Validate ε: a float strictly inside (0, 1)."""
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        raise GeneratorConfigError(f"epsilon must be a number in (0, 1), got {epsilon!r}.") from None
+    if not 0.0 < value < 1.0 or math.isnan(value):
+        raise GeneratorConfigError(
+            f"epsilon must lie strictly between 0 and 1 (the papers use 1e-5 ... 1e-2), got {epsilon!r}."
+        )
+    return value
+
+
+class _OutputBase(nn.Module):
+    kind = "softmax"
+
+    def __init__(self, hidden_size: int, vocab_size: int, eos_id: int, never_ids: Sequence[int] = ()):
+        super().__init__()
+        if not 0 <= eos_id < vocab_size:
+            raise GeneratorConfigError(f"eos_id {eos_id} is outside the vocabulary of size {vocab_size}.")
+        self.hidden_size = int(hidden_size)
+        self.vocab_size = int(vocab_size)
+        self.eos_id = int(eos_id)
+        self.proj = nn.Linear(hidden_size, vocab_size)
+        never = torch.zeros(vocab_size, dtype=torch.bool)
+        for i in never_ids:
+            if int(i) == eos_id:
+                raise GeneratorConfigError("EOS cannot be one of the never-generated ids.")
+            never[int(i)] = True
+        self.register_buffer("never", never, persistent=False)
+        other = never.clone()
+        other[eos_id] = True  # the non-EOS softmax excludes EOS and the never ids
+        self.register_buffer("not_other", other, persistent=False)
+
+    # -- API
+    def initial_state(self, batch_size: int, device=None) -> torch.Tensor:
+        """The state before step 1: a (batch_size,) float tensor."""
+        return torch.zeros(batch_size, device=device)
+
+    def lower_bound(self, t: int) -> float:
+        """The guaranteed p(eos | t) at step ``t`` (1-based)."""
+        return 0.0
+
+    def _other_log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits.masked_fill(self.not_other, float("-inf")), dim=-1)
+
+    def _assemble(self, log_other: torch.Tensor, log_eos: torch.Tensor) -> torch.Tensor:
+        """Put log p(eos) (…,) into the EOS column of ``log_other`` (…, V)."""
+        out = log_other.clone()
+        out[..., self.eos_id] = log_eos
+        return out
+
+
+class SoftmaxOutput(_OutputBase):
+    """Plain softmax over the vocabulary (minus the never ids)."""
+
+    kind = "softmax"
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(hidden).float()
+        return torch.log_softmax(logits.masked_fill(self.never, float("-inf")), dim=-1)
+
+    def step(self, hidden_t: torch.Tensor, state: torch.Tensor):
+        return self.forward(hidden_t), state + 1.0
+
+
+class SelfTerminatingOutput(_OutputBase):
+    """Welleck et al. (2020)'s self-terminating layer; the state is ``log α_{t−1}``."""
+
+    kind = "st"
+
+    def __init__(self, hidden_size, vocab_size, eos_id, never_ids=(), *, epsilon: float = 1e-3):
+        super().__init__(hidden_size, vocab_size, eos_id, never_ids)
+        self.epsilon = check_epsilon(epsilon)
+        self.log_keep = math.log1p(-self.epsilon)  # log(1 − ε) < 0
+        with torch.no_grad():  # start near "keep going" (σ ≈ 0.95), not p(eos) ≈ 1/2 at step 1
+            self.proj.bias[eos_id] = INIT_EOS_BIAS
+
+    def lower_bound(self, t: int) -> float:
+        return -math.expm1(t * self.log_keep)
+
+    def _from_log_alpha(self, logits: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
+        log_other = log_alpha.unsqueeze(-1) + self._other_log_softmax(logits)
+        return self._assemble(log_other, log1mexp(log_alpha))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(hidden).float()
+        log_beta = self.log_keep + F.logsigmoid(logits[..., self.eos_id])
+        return self._from_log_alpha(logits, torch.cumsum(log_beta, dim=-1))
+
+    def step(self, hidden_t: torch.Tensor, state: torch.Tensor):
+        logits = self.proj(hidden_t).float()
+        log_alpha = state + self.log_keep + F.logsigmoid(logits[..., self.eos_id])
+        return self._from_log_alpha(logits, log_alpha), log_alpha
+
+
+class NonMonotonicSelfTerminatingOutput(_OutputBase):
+    """Choi et al. (2023)'s non-monotonic self-terminating layer; the state is ``t − 1``."""
+
+    kind = "nmst"
+
+    def __init__(self, hidden_size, vocab_size, eos_id, never_ids=(), *, epsilon: float = 1e-3):
+        super().__init__(hidden_size, vocab_size, eos_id, never_ids)
+        self.epsilon = check_epsilon(epsilon)
+        self.log_keep = math.log1p(-self.epsilon)
+        with torch.no_grad():  # start near "keep going" (σ ≈ 0.05)
+            self.proj.bias[eos_id] = -INIT_EOS_BIAS
+
+    def lower_bound(self, t: int) -> float:
+        return -math.expm1(t * self.log_keep)
+
+    def _at_steps(self, logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        z = logits[..., self.eos_id]
+        log_lb_keep = t * self.log_keep  # log (1 − ε)^t
+        log_not_eos = log_lb_keep + F.logsigmoid(-z)  # log(1 − p_eos) = t log(1−ε) + log(1 − σ)
+        log_eos = torch.logaddexp(log1mexp(log_lb_keep) + F.logsigmoid(-z), F.logsigmoid(z))
+        log_other = log_not_eos.unsqueeze(-1) + self._other_log_softmax(logits)
+        return self._assemble(log_other, log_eos)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(hidden).float()
+        steps = torch.arange(1, logits.shape[-2] + 1, device=logits.device, dtype=logits.dtype)
+        return self._at_steps(logits, steps.expand(logits.shape[:-1]))
+
+    def step(self, hidden_t: torch.Tensor, state: torch.Tensor):
+        logits = self.proj(hidden_t).float()
+        t = state + 1.0
+        return self._at_steps(logits, t), t
+
+
+LAYERS = {"softmax": SoftmaxOutput, "st": SelfTerminatingOutput, "nmst": NonMonotonicSelfTerminatingOutput}
+
+
+@dataclass(frozen=True)
+class OutputLayerSpec:
+    """What a registered output layer stands for, before the vocabulary is known.
+
+    kind (str): "softmax", "st" or "nmst".
+    epsilon (float or None): ε of the ST / NMST layers.
+    """
+
+    kind: str
+    epsilon: Optional[float] = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise GeneratorConfigError(f"Unknown output layer kind {self.kind!r}; expected one of {KINDS}.")
+        if self.kind != "softmax":
+            check_epsilon(self.epsilon)
+
+    def build(self, hidden_size: int, vocab_size: int, eos_id: int, never_ids: Sequence[int] = ()) -> _OutputBase:
+        """The torch module for a vocabulary of ``vocab_size`` with EOS at ``eos_id``."""
+        cls = LAYERS[self.kind]
+        if self.kind == "softmax":
+            return cls(hidden_size, vocab_size, eos_id, never_ids)
+        return cls(hidden_size, vocab_size, eos_id, never_ids, epsilon=self.epsilon)
+
+    def termination_bound(self, length: Optional[int] = None) -> "TerminationBound":
+        """The stopping guarantee this layer gives (see :func:`termination_bound`)."""
+        return termination_bound(self.epsilon if self.kind != "softmax" else None, length)
+
+
+@dataclass(frozen=True)
+class TerminationBound:
+    """What an ST / NMST layer guarantees about stopping.
+
+    epsilon (float or None): ε (None: a softmax layer, no guarantee).
+    t_star (int or None): greedy and beam search emit EOS by step t* = ⌈ln 2 / −ln(1 − ε)⌉
+        (p(eos | t*) ≥ 1/2, so EOS is the most likely token).
+    length (int or None): the L asked about.
+    sampling_tail (float or None): P(length > L) ≤ (1 − ε)^{L(L+1)/2} for ancestral, top-k
+        and nucleus sampling with EOS kept (1.0 for softmax).
+    """
+
+    epsilon: Optional[float]
+    t_star: Optional[int]
+    length: Optional[int]
+    sampling_tail: Optional[float]
+
+    def to_dict(self) -> dict:
+        return {"epsilon": self.epsilon, "t_star": self.t_star, "length": self.length,
+                "sampling_tail": self.sampling_tail}
+
+
+def t_star(epsilon: float) -> int:
+    """t*(ε) = ⌈ln 2 / −ln(1 − ε)⌉: greedy / beam search with an ST or NMST layer stop by it."""
+    eps = check_epsilon(epsilon)
+    value = math.log(2.0) / -math.log1p(-eps)
+    t = math.ceil(value)
+    # guard the ceiling against rounding: (1 − ε)^t must be ≤ 1/2
+    while t * math.log1p(-eps) > -math.log(2.0):
+        t += 1
+    return max(t, 1)
+
+
+def termination_bound(epsilon: Optional[float], length: Optional[int] = None) -> TerminationBound:
+    """The stopping guarantee of an ST / NMST layer with ``epsilon`` (None: softmax).
+
+    epsilon (float or None): ε in (0, 1); None for a softmax layer (no guarantee).
+    length (int or None): L for the sampling tail P(length > L) ≤ (1 − ε)^{L(L+1)/2}.
+    RETURNS (TerminationBound): t* and the tail bound.
+    """
+    if length is not None and int(length) < 0:
+        raise GeneratorConfigError(f"length must be ≥ 0, got {length}.")
+    if epsilon is None:
+        return TerminationBound(None, None, length, 1.0 if length is not None else None)
+    eps = check_epsilon(epsilon)
+    tail = None
+    if length is not None:
+        L = int(length)
+        tail = math.exp(L * (L + 1) / 2 * math.log1p(-eps))
+    return TerminationBound(eps, t_star(eps), length, tail)
+
+
+# ------------------------------------------------------------------ registered builders
+def make_softmax_output() -> OutputLayerSpec:
+    """kx_spacy.SoftmaxOutput.v1: a plain softmax output layer.
+
+    RETURNS (OutputLayerSpec): the layer to build once the vocabulary is known.
+    """
+    return OutputLayerSpec("softmax")
+
+
+def make_self_terminating_output(epsilon: float = 1e-3) -> OutputLayerSpec:
+    """kx_spacy.SelfTerminatingOutput.v1: Welleck et al. (2020)'s ST layer.
+
+    epsilon (float): ε in (0, 1); greedy decoding stops by ⌈ln 2 / −ln(1 − ε)⌉ steps.
+    RETURNS (OutputLayerSpec): the layer to build once the vocabulary is known.
+    """
+    return OutputLayerSpec("st", check_epsilon(epsilon))
+
+
+def make_non_monotonic_output(epsilon: float = 1e-3) -> OutputLayerSpec:
+    """kx_spacy.NonMonotonicSelfTerminatingOutput.v1: Choi et al. (2023)'s NMST layer.
+
+    epsilon (float): ε in (0, 1); same stopping bound as the ST layer.
+    RETURNS (OutputLayerSpec): the layer to build once the vocabulary is known.
+    """
+    return OutputLayerSpec("nmst", check_epsilon(epsilon))
+
+
+def _register() -> None:
+    from spacy.util import registry
+
+    for name, fn in (
+        ("kx_spacy.SoftmaxOutput.v1", make_softmax_output),
+        ("kx_spacy.SelfTerminatingOutput.v1", make_self_terminating_output),
+        ("kx_spacy.NonMonotonicSelfTerminatingOutput.v1", make_non_monotonic_output),
+    ):
+        if name not in registry.misc:
+            registry.misc.register(name, func=fn)
+
+
+_register()

@@ -1,1 +1,83 @@
-"""Utilities shared by every training loop (gradient clipping)."""
+"""The one home of torch training machinery: every kx torch loop runs on this engine.
+
+Public names (import them from ``kx_spacy.training``; importing this package imports no torch):
+
+- ``Trainer(task, config, *, output_dir, optimizer, scheduler=None, identity=None, dist=None)``
+  and ``Trainer.run(resume=False) -> TrainResult``; ``Trainer.evaluate()``, ``Trainer.module``,
+  ``Trainer.metrics_path`` (engine.py)
+- ``TrainingConfig(max_steps=1000, max_time_minutes=None, grad_accum=1, clip_mode="global_norm",
+  clip_threshold=1.0, precision="auto", eval_every=0, checkpoint_every=0, max_bad_steps=10,
+  seed=0, num_threads=None, progress=True, device=None, desc="train",
+  find_unused_parameters=False)``, ``TrainResult`` (engine.py)
+- ``WarmupDecay(optimizer, *, decay="linear"|"cosine"|"constant", warmup_steps, max_steps,
+  min_lr_ratio)``: warm-up × decay from transformers' schedule formulas, decaying by steps or by
+  the time budget, whichever runs out first (schedules.py)
+- ``Precision``, ``resolve_precision``, ``resolve_device`` (precision.py)
+- ``DistContext`` (torchrun environment, gloo / nccl, barrier, all_sum, any_true,
+  broadcast_object, gather_objects, wrap), ``shard(items, rank, world)``, ``unwrap`` (distributed.py)
+- ``save_checkpoint``, ``load_checkpoint``, ``has_checkpoint``, ``remove_checkpoint``,
+  ``file_identity(path)`` (resolved path + size + SHA-256), ``check_identity``, ``replace_dir``
+  (checkpoint.py)
+- ``MetricsLog``, ``read_metrics(path_or_dir, kind=None)``, ``METRICS_FILE`` (metrics_log.py)
+- ``clip_gradients``, ``clip_grad_global_norm``, ``smooth_clip_grad``, ``global_grad_norm`` (clipping.py)
+- errors: ``TrainingError``, ``PrecisionError``, ``NonFiniteLossError``,
+  ``CheckpointMismatchError``, ``NoCheckpointError`` (errors.py, all ``KxError``)
+
+The task protocol (duck-typed; no base class)::
+
+    class MyTask:
+        module: torch.nn.Module          # what is trained; the engine moves it to the device and
+                                         # wraps it in DDP under torchrun
+        def batches(self, epoch, rank, world) -> Iterable   # one epoch of this rank's shard
+                                         # (use shard(); keep it lazy: a resumed run skips the
+                                         # batches the interrupted run consumed by iterating)
+        def loss(self, module, batch) -> (loss_tensor, {name: float}) | loss_tensor
+                                         # called under the engine's autocast with the (DDP-
+                                         # wrapped) module; move the batch to the module's device
+        def items(self, batch) -> int                     # optional: tokens / images, for items/s
+        def evaluate(self, module) -> {name: float}       # optional: eval mode, no grad, autocast
+        def state_dict(self) -> dict; def load_state_dict(self, d)   # optional: extra task state
+                                         # (e.g. a torch.Generator's state) saved in checkpoints
+
+    from kx_spacy.training import Trainer, TrainingConfig, WarmupDecay
+    cfg = TrainingConfig(max_steps=1000, precision="bf16", eval_every=100, checkpoint_every=100)
+    trainer = Trainer(task, cfg, output_dir="training/run1",
+                      optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3),
+                      scheduler=lambda opt: WarmupDecay(opt, warmup_steps=100, max_steps=cfg.max_steps),
+                      identity={"model": model_cfg, "data": file_identity(path)})
+    result = trainer.run(resume=False)
+
+Per optimizer step: ``grad_accum`` micro-batches (DDP ``no_sync`` on all but the last; their
+mean loss), fp16 unscale, clipping (pre-clip norm logged), a NaN/inf guard (a non-finite loss or
+gradient norm skips the step: no update, no schedule step, counted; ``max_bad_steps`` in a row
+raise ``NonFiniteLossError``), the optimizer and schedule step, then evaluation and checkpoints
+every ``eval_every`` / ``checkpoint_every`` steps and at the end. Budgets: ``max_steps`` and
+``max_time_minutes``. Rank 0 writes ``<output_dir>/metrics.jsonl`` (records "step", "eval",
+"bad_step", "overflow", "end") and the atomic ``<output_dir>/checkpoint/`` (module, optimizer,
+schedule, scaler, task state, every rank's random state and data position), so a resumed run
+continues exactly where the last complete checkpoint stopped.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "Trainer": "engine", "TrainingConfig": "engine", "TrainResult": "engine",
+    "WarmupDecay": "schedules",
+    "Precision": "precision", "resolve_precision": "precision", "resolve_device": "precision",
+    "DistContext": "distributed", "shard": "distributed", "unwrap": "distributed",
+    "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "has_checkpoint": "checkpoint",
+    "remove_checkpoint": "checkpoint", "file_identity": "checkpoint", "check_identity": "checkpoint",
+    "replace_dir": "checkpoint",
+    "MetricsLog": "metrics_log", "read_metrics": "metrics_log", "METRICS_FILE": "metrics_log",
+    "clip_gradients": "clipping", "clip_grad_global_norm": "clipping", "smooth_clip_grad": "clipping",
+    "global_grad_norm": "clipping",
+    "TrainingError": "errors", "PrecisionError": "errors", "NonFiniteLossError": "errors",
+    "CheckpointMismatchError": "errors", "NoCheckpointError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

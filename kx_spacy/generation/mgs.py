@@ -92,6 +92,9 @@ class MGSConfig:
     noise_scale (str): "uniform" (σ_j = noise · mean|g_j|) or "constant" (σ_j = noise).
     density (str): proposal density in the weights: "unit" (reference), "scaled", "none".
     mle_share (float): share of candidates centred on the MLE step (0.5: alternate).
+    candidate_scale (float): c, the candidates are ``c·(g + n)`` / ``c·n`` (1.0: the reference,
+        whose clipped gradient has norm ≤ 1 — a large step for a small model; the weights are
+        measured at this step size, the step taken is the optimizer's).
     zero_candidate (bool): add ε = 0 (the current model, Δ = 0) to the candidate pool.
     score_current (bool): decode the current model too (statistics: Δ, all-worse).
     clip_mode (str): "global_norm", "smooth" or "none" (kx_spacy.training.clipping).
@@ -117,6 +120,7 @@ class MGSConfig:
     noise_scale: str = "uniform"
     density: str = "unit"
     mle_share: float = 0.5
+    candidate_scale: float = 1.0
     zero_candidate: bool = False
     score_current: bool = True
     clip_mode: str = "global_norm"
@@ -149,7 +153,7 @@ class MGSConfig:
             raise MGSConfigError(f"noise_scale {self.noise_scale!r}: use one of {', '.join(NOISE_SCALES)}")
         if self.pg_baseline not in BASELINES:
             raise MGSConfigError(f"pg_baseline {self.pg_baseline!r}: use one of {', '.join(BASELINES)}")
-        for name in ("beta", "noise", "length_multiplier", "mrt_sharpness"):
+        for name in ("beta", "noise", "length_multiplier", "mrt_sharpness", "candidate_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise MGSConfigError(f"{name} must be a finite number ≥ 0, got {value!r}")
@@ -257,7 +261,7 @@ class UpdateStats:
             "all_worse": float(self.all_worse),
             "dropped": float(self.dropped),
             "skipped": float(self.skipped),
-            "grad_norm": self.grad_norm,
+            "mle_grad_norm": self.grad_norm,
             "step_norm": self.step_norm,
             "decodes": float(self.decodes),
             "sequences": float(self.sequences),
@@ -327,54 +331,61 @@ def _generator(device: "torch.device", seed: int) -> "torch.Generator":
     return gen
 
 
-def mle_gradient(
+class _GradHolder:
+    """A stand-in with a ``.grad``, so kx_spacy.training.clipping can clip loose tensors."""
+
+    __slots__ = ("grad",)
+
+    def __init__(self, grad: "torch.Tensor"):
+        self.grad = grad
+
+
+def gradients(
     params: Sequence["torch.nn.Parameter"],
     loss: "torch.Tensor",
     *,
     clip_mode: Optional[str] = "global_norm",
     clip_threshold: float = 1.0,
-) -> float:
-    """Write ``∇ loss`` into ``.grad`` of ``params`` (others untouched) and clip it.
+) -> Tuple[List["torch.Tensor"], float]:
+    """``∇ loss`` w.r.t. ``params`` as new tensors (no ``.grad`` is touched), clipped.
 
     params (Sequence[torch.nn.Parameter]): the parameters to differentiate.
     loss (torch.Tensor): a scalar loss.
     clip_mode (str): kx_spacy.training.clipping mode; clip_threshold (float): its threshold.
-    RETURNS (float): the global norm before clipping.
+    RETURNS (Tuple[List[torch.Tensor], float]): the gradients (zeros for unused parameters)
+        and their global norm before clipping.
     """
     import torch
 
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g.detach()
-    return clip_gradients(params, clip_mode, clip_threshold)
+    grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    norm = clip_gradients([_GradHolder(g) for g in grads], clip_mode, clip_threshold)
+    return grads, norm
 
 
-def mgs_update(
+def mgs_search(
     module: "torch.nn.Module",
     mle_loss: Callable[[], "torch.Tensor"],
     decode: Callable[[], Sequence[Any]],
     task_loss: Callable[[Sequence[Any]], Sequence[float]],
-    optimizer: Any,
     config: Optional[MGSConfig] = None,
     *,
     parameters: Optional[List[Tuple[str, "torch.nn.Parameter"]]] = None,
     seed: Optional[int] = None,
-) -> UpdateStats:
-    """One MGS update of ``module`` in place (see the module docstring for the algorithm).
+) -> Tuple[Optional[List["torch.Tensor"]], UpdateStats]:
+    """The MGS search: RETURNS the step direction ``d`` (one tensor per parameter) and stats.
+
+    The module's weights are perturbed in place and restored bit-identically before this
+    returns; nothing is stepped and no ``.grad`` is written. ``d`` is None when the update
+    must be skipped (non-finite MLE gradient, or no candidate with a finite task loss).
 
     module (torch.nn.Module): the model; decoded in eval mode, its mode restored.
-    mle_loss (Callable[[], torch.Tensor]): computes the batch's MLE loss with the module's
-        current weights (gives the gradient direction).
-    decode (Callable[[], Sequence]): decodes the batch with the current (possibly perturbed)
-        weights — greedy in training — and returns one hypothesis per reference.
-    task_loss (Callable[[Sequence], Sequence[float]]): hypotheses → per-sequence losses
-        (the references are bound in the closure); a non-finite value drops the candidate.
-    optimizer (torch.optim.Optimizer): steps the parameters from their ``.grad``.
-    config (MGSConfig): the settings (defaults: reference protocol, K = 4).
-    parameters (List[Tuple[str, Parameter]]): the perturbed subset (default: selected from
-        ``config.parameters``).
-    seed (int): seed of this update's noise (default: drawn from torch's global generator).
-    RETURNS (UpdateStats): losses, weights, decodes, wall-clock, extra memory.
+    mle_loss (Callable[[], torch.Tensor]): the batch's MLE loss at the current weights.
+    decode (Callable[[], Sequence]): decodes the batch with the current (perturbed) weights.
+    task_loss (Callable[[Sequence], Sequence[float]]): hypotheses → per-sequence losses.
+    config (MGSConfig): the settings. parameters: the subset (default from config.parameters).
+    seed (int): seed of this search's noise (default: drawn from torch's global generator).
+    RETURNS (Tuple[Optional[List[torch.Tensor]], UpdateStats]): direction and statistics.
     """
     import torch
 
@@ -389,61 +400,56 @@ def mgs_update(
         seed = int(torch.randint(0, 2**62, (1,)).item())
     seeds = [(seed * 1_000_003 + 7919 * (k + 1)) % (2**62) for k in range(config.num_candidates)]
     n_mle = max(0, min(config.num_candidates, int(round(config.mle_share * config.num_candidates))))
-    # interleave: MLE-centred candidates at even positions first (the reference's alternation)
+    # MLE-centred candidates at the even positions first (the reference alternates)
     order = sorted(range(config.num_candidates), key=lambda k: (k % 2, k))
     is_mle = [False] * config.num_candidates
     for k in order[:n_mle]:
         is_mle[k] = True
     share = n_mle / config.num_candidates
 
-    for p in module.parameters():
-        p.grad = None
     loss = mle_loss()
     stats.mle_loss = float(loss.detach().float().item())
-    stats.grad_norm = mle_gradient(params, loss, clip_mode=config.clip_mode, clip_threshold=config.clip_threshold)
+    grads, stats.grad_norm = gradients(params, loss, clip_mode=config.clip_mode,
+                                       clip_threshold=config.clip_threshold)
     del loss
-    grads = [p.grad for p in params]  # G; the MLE direction is g = −G
-    if not math.isfinite(stats.grad_norm):
-        for p in params:
-            p.grad = None
+    if not math.isfinite(stats.grad_norm):  # G; the MLE direction is g = −G
         stats.skipped = True
         stats.seconds = time.perf_counter() - start
-        return stats
-    gg_sum = sum(float(g.float().pow(2).sum().item()) for g in grads)
+        return None, stats
+    c = float(config.candidate_scale)
+    gg_sum = c * c * sum(float(g.float().pow(2).sum().item()) for g in grads)
     if config.noise_scale == "uniform":
-        scales = [config.noise * float(g.abs().float().mean().item()) if g.numel() else 0.0 for g in grads]
+        scales = [c * config.noise * float(g.abs().float().mean().item()) if g.numel() else 0.0 for g in grads]
     else:
-        scales = [float(config.noise)] * len(grads)
-    inv_var = [1.0 / (s * s) if s > 0 else 0.0 for s in scales]
-    gg_scaled = sum(float(g.float().pow(2).sum().item()) * iv for g, iv in zip(grads, inv_var))
+        scales = [c * float(config.noise)] * len(grads)
+    inv_var = [1.0 / (sc * sc) if sc > 0 else 0.0 for sc in scales]
+    gg_scaled = c * c * sum(float(g.float().pow(2).sum().item()) * iv for g, iv in zip(grads, inv_var))
 
     was_training = module.training
     losses: List[float] = []
     log_rhos: List[float] = []
     subset.save()
-    stats.extra_bytes = sum(s.numel() * s.element_size() for s in subset.saved)
+    stats.extra_bytes = sum(t.numel() * t.element_size() for t in subset.saved)
     try:
         module.eval()
         with torch.no_grad():
-            reference = math.nan
             if config.score_current or config.zero_candidate:
                 hyps = decode()
-                reference = _mean_loss(task_loss(hyps), len(hyps))
+                stats.task_loss = _mean_loss(task_loss(hyps), len(hyps))
                 stats.decodes += 1
                 stats.sequences += len(hyps)
-            stats.task_loss = reference
             for k in range(config.num_candidates):
                 gen = _generator(params[0].device, seeds[k])
                 ee = eg = ee_s = eg_s = 0.0
-                for p, s, g, scale, iv in zip(params, subset.saved, grads, scales, inv_var):
+                for p, saved, g, scale, iv in zip(params, subset.saved, grads, scales, inv_var):
                     eps = _noise(p, scale, gen)
                     if is_mle[k]:
-                        eps.sub_(g.float())  # g = −G
+                        eps.sub_(g.float(), alpha=c)  # the MLE step is c·g = −c·G
                     ee_t = float(eps.pow(2).sum().item())
-                    eg_t = float((eps * -g.float()).sum().item())
+                    eg_t = -c * float((eps * g.float()).sum().item())
                     ee, eg = ee + ee_t, eg + eg_t
                     ee_s, eg_s = ee_s + ee_t * iv, eg_s + eg_t * iv
-                    p.data.copy_(s)
+                    p.data.copy_(saved)
                     p.data.add_(eps.to(p.dtype))
                     del eps
                 hyps = decode()
@@ -451,11 +457,8 @@ def mgs_update(
                 stats.sequences += len(hyps)
                 losses.append(_mean_loss(task_loss(hyps), len(hyps)))
                 log_rhos.append(_log_proposal(config.density, share, ee, eg, gg_sum, ee_s, eg_s, gg_scaled))
-            subset.restore()
     finally:
-        if subset.saved:
-            subset.restore()
-        subset.release()
+        subset.restore()
         module.train(was_training)
 
     # --- weights: w_k ∝ exp(β (L(θ) − L_k)) / q(ε_k); L(θ) cancels in the softmax
@@ -474,35 +477,90 @@ def mgs_update(
     stats.all_worse = bool(finite) and math.isfinite(stats.task_loss) and all(x > stats.task_loss for x in finite)
     norm = _logsumexp(logits)
     if norm == -math.inf:
-        for p in params:
-            p.grad = None
+        subset.release()
         stats.weights = [0.0] * len(logits)
         stats.skipped = True
         stats.seconds = time.perf_counter() - start
-        return stats
+        return None, stats
     weights = [math.exp(x - norm) if x != -math.inf else 0.0 for x in logits]
     stats.weights = weights
     w_mle = sum(w for w, m in zip(weights, is_mle) if m)
     stats.mle_weight = w_mle
 
-    # --- the step, built in the gradient buffers: −d = W_mle · G − Σ_k w_k n_k
+    # --- d = c·W_mle·g + Σ_k w_k n_k, built in the saved copy's buffers (no longer needed)
+    direction = subset.saved
+    subset.release()
     with torch.no_grad():
-        for g in grads:
-            g.mul_(w_mle)
+        for d, g in zip(direction, grads):
+            d.copy_(g).mul_(-c * w_mle)
+        del grads
         for k in range(config.num_candidates):
             if weights[k] == 0.0:
                 continue
             gen = _generator(params[0].device, seeds[k])
-            for g, scale in zip(grads, scales):
-                eps = _noise(g, scale * weights[k], gen)
-                g.sub_(eps.to(g.dtype))
+            for d, p, scale in zip(direction, params, scales):
+                eps = _noise(p, scale * weights[k], gen)
+                d.add_(eps.to(d.dtype))
                 del eps
-    stats.step_norm = clip_gradients(params, config.clip_mode, config.clip_threshold)
-    optimizer.step()
-    for p in params:
+    stats.step_norm = math.sqrt(sum(float(d.float().pow(2).sum().item()) for d in direction))
+    stats.seconds = time.perf_counter() - start
+    return direction, stats
+
+
+def mgs_update(
+    module: "torch.nn.Module",
+    mle_loss: Callable[[], "torch.Tensor"],
+    decode: Callable[[], Sequence[Any]],
+    task_loss: Callable[[Sequence[Any]], Sequence[float]],
+    optimizer: Any,
+    config: Optional[MGSConfig] = None,
+    *,
+    parameters: Optional[List[Tuple[str, "torch.nn.Parameter"]]] = None,
+    seed: Optional[int] = None,
+) -> UpdateStats:
+    """One MGS update of ``module`` in place: ``mgs_search``, then ``−d`` as the gradient of
+    the subset, clipped (``config.clip_mode`` / ``clip_threshold``), and ``optimizer.step()``.
+
+    Arguments as for :func:`mgs_search`; optimizer (torch.optim.Optimizer) steps the subset
+    from its ``.grad`` (every other parameter's ``.grad`` is set to None first, so the
+    optimizer leaves them alone). A skipped search takes no step.
+    RETURNS (UpdateStats): losses, weights, decodes, wall-clock, extra memory.
+    """
+    start = time.perf_counter()
+    config = config or MGSConfig()
+    named = parameters if parameters is not None else select_parameters(module, config.parameters)
+    for p in module.parameters():
         p.grad = None
+    direction, stats = mgs_search(module, mle_loss, decode, task_loss, config, parameters=named, seed=seed)
+    if direction is not None:
+        params = [p for _, p in named]
+        for p, d in zip(params, direction):
+            p.grad = d.neg_()
+        clip_gradients(params, config.clip_mode, config.clip_threshold)
+        optimizer.step()
+        for p in params:
+            p.grad = None
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def surrogate_loss(
+    params: Sequence["torch.nn.Parameter"], grads: Sequence["torch.Tensor"], value: float = 0.0
+) -> "torch.Tensor":
+    """A scalar whose gradient w.r.t. ``params`` is ``grads`` and whose value is ``value``.
+
+    Lets a loss-backward-step loop (the training engine) take any of these updates: backward
+    writes ``grads`` (for MGS: ``−d``) into ``.grad``, the loop clips and steps as for a loss.
+    """
+    import torch
+
+    total = None
+    for p, g in zip(params, grads):
+        term = (p * g.to(p.dtype)).sum().float()
+        total = term if total is None else total + term
+    if total is None:
+        return torch.tensor(float(value))
+    return total - total.detach() + float(value)
 
 
 def _log_proposal(
@@ -555,15 +613,22 @@ class SequenceTask(Protocol):
 
 
 class SequenceLevelUpdater:
-    """MGS, policy gradient, minimum risk or MLE updates behind one ``step`` call.
+    """MGS, policy gradient, minimum risk or MLE updates behind one interface.
 
     task (SequenceTask): the model's MLE loss, decoders and references (see SequenceTask).
     task_loss (Callable): (hypotheses, references) → per-sequence losses (e.g. a registered
         ``kx_spacy.EditDistanceLoss.v1``).
     config (MGSConfig): the method and its settings.
 
-    ``step(module, batch, optimizer)`` returns the float logs of ``UpdateStats``; it is the
-    custom-update hook a training loop calls instead of loss-backward-step.
+    Two ways to drive it, same update:
+
+    - ``step(module, batch, optimizer)`` for a plain loop: computes the update, writes it into
+      the subset's ``.grad``, clips, steps; RETURNS the float logs.
+    - ``loss(module, batch)`` for the training engine (``kx_spacy.training.Trainer``, whose task
+      protocol is loss → backward → clip → step): RETURNS ``(surrogate, logs)``, a scalar whose
+      gradient is the update (restricted to the subset) and whose value is the MLE loss (MGS,
+      MLE) or the PG / MRT loss; a skipped update returns NaN, which the engine's guard turns
+      into a skipped step. Single process only (the candidates are searched per process).
     """
 
     def __init__(self, task: SequenceTask, task_loss: TaskLoss, config: Optional[MGSConfig] = None):
@@ -595,60 +660,92 @@ class SequenceLevelUpdater:
         seed = int(torch.randint(0, 2**62, (1,), generator=self._coin).item())
         return u, seed
 
-    def step(self, module: Any, batch: Any, optimizer: Any) -> Dict[str, float]:
-        """One update of ``module`` on ``batch``; RETURNS (Dict[str, float]): the logs."""
+    def compute(self, module: Any, batch: Any) -> Tuple[List["torch.nn.Parameter"], Optional[List["torch.Tensor"]], UpdateStats]:
+        """The update as gradients of the subset: RETURNS (params, grads or None, stats).
+
+        ``grads`` is what ``.grad`` should hold (MGS: ``−d``; PG / MRT / MLE: the gradient of
+        their loss), not clipped yet; None when the update is skipped.
+        """
         config = self.config
         u, seed = self._draw()
         self._updates += 1
         named = select_parameters(module, config.parameters)
+        params = [p for _, p in named]
         method = config.method
         if method == "mle" or (config.mle_mix > 0 and u < config.mle_mix):
-            stats = self._mle_step(module, batch, optimizer, named)
+            start = time.perf_counter()
+            loss = self.task.mle_loss(module, batch)
+            stats = UpdateStats(method="mle", mle_loss=float(loss.detach().float().item()))
+            grads, stats.grad_norm = gradients(params, loss, clip_mode=None)
+            stats.seconds = time.perf_counter() - start
         elif method == "mgs":
             refs = self.task.references(batch)
             budget = decode_budget(self.task.target_length(batch), config)
-            stats = mgs_update(
+            grads, stats = mgs_search(
                 module,
                 lambda: self.task.mle_loss(module, batch),
                 lambda: self.task.decode(module, batch, budget),
                 lambda hyps: self.task_loss(hyps, refs),
-                optimizer,
                 config,
                 parameters=named,
                 seed=seed,
             )
+            if grads is not None:
+                grads = [d.neg_() for d in grads]
         else:
-            stats = self._sampled_step(module, batch, optimizer, named, method)
+            start = time.perf_counter()
+            loss, stats = self._sampled_loss(module, batch, method)
+            if loss is None:
+                grads = None
+            else:
+                grads, stats.grad_norm = gradients(params, loss, clip_mode=None)
+            stats.seconds = time.perf_counter() - start
+        if grads is not None and not all(bool(g.isfinite().all()) for g in grads):
+            grads, stats.skipped = None, True
+        stats.subset_bytes = sum(p.numel() * p.element_size() for p in params)
         self.last_stats = stats
+        return params, grads, stats
+
+    def _logs(self, stats: UpdateStats) -> Dict[str, float]:
         logs = stats.to_dict()
         logs["mle_step"] = float(stats.method == "mle")
         return logs
 
-    def _mle_step(self, module, batch, optimizer, named) -> UpdateStats:
+    def step(self, module: Any, batch: Any, optimizer: Any) -> Dict[str, float]:
+        """One update of ``module`` on ``batch`` with ``optimizer``; RETURNS the float logs."""
         start = time.perf_counter()
-        params = [p for _, p in named]
         for p in module.parameters():
             p.grad = None
-        loss = self.task.mle_loss(module, batch)
-        stats = UpdateStats(method="mle", mle_loss=float(loss.detach().float().item()))
-        stats.grad_norm = mle_gradient(params, loss, clip_mode=self.config.clip_mode,
-                                       clip_threshold=self.config.clip_threshold)
-        if math.isfinite(stats.grad_norm):
+        params, grads, stats = self.compute(module, batch)
+        if grads is not None:
+            for p, g in zip(params, grads):
+                p.grad = g
+            norm = clip_gradients(params, self.config.clip_mode, self.config.clip_threshold)
+            if stats.method != "mgs":
+                stats.grad_norm = norm
             optimizer.step()
-        else:
-            stats.skipped = True
-        for p in params:
-            p.grad = None
+            for p in params:
+                p.grad = None
         stats.seconds = time.perf_counter() - start
-        return stats
+        return self._logs(stats)
 
-    def _sampled_step(self, module, batch, optimizer, named, method: str) -> UpdateStats:
-        """PG (REINFORCE with a baseline) or MRT on K + 1 samples per input."""
+    def loss(self, module: Any, batch: Any) -> Tuple["torch.Tensor", Dict[str, float]]:
+        """The engine hook: RETURNS (surrogate loss, logs); see the class docstring."""
+        import torch
+
+        inner = getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
+        params, grads, stats = self.compute(inner, batch)
+        logs = {k: v for k, v in self._logs(stats).items() if math.isfinite(v)}
+        if grads is None:
+            return torch.tensor(math.nan), logs
+        value = stats.mle_loss if stats.method in ("mgs", "mle") else stats.task_loss
+        return surrogate_loss(params, grads, value if math.isfinite(value) else 0.0), logs
+
+    def _sampled_loss(self, module, batch, method: str) -> Tuple[Optional["torch.Tensor"], UpdateStats]:
+        """PG (REINFORCE with a baseline) or MRT loss on K + 1 samples per input."""
         import torch
 
         config = self.config
-        start = time.perf_counter()
-        params = [p for _, p in named]
         stats = UpdateStats(method=method)
         refs = list(self.task.references(batch))
         n_inputs = len(refs)
@@ -659,8 +756,8 @@ class SequenceLevelUpdater:
         try:
             with torch.no_grad():
                 greedy = method == "mrt" and config.mrt_include_greedy
-                samples = list(self.task.sample(module, batch, budget, n - 1 if greedy else n))
                 per_input = n - 1 if greedy else n
+                samples = list(self.task.sample(module, batch, budget, per_input))
                 if len(samples) != n_inputs * per_input:
                     raise MGSTaskError(
                         f"sample() returned {len(samples)} hypotheses for {n_inputs} inputs × {per_input}"
@@ -688,15 +785,12 @@ class SequenceLevelUpdater:
         stats.task_loss = float(cost[valid].mean().item()) if valid.any() else math.nan
         if not valid.any():
             stats.skipped = True
-            stats.seconds = time.perf_counter() - start
-            return stats
+            return None, stats
         cost = torch.where(valid, cost, torch.zeros_like(cost))
         if config.normalize_loss:
             top = cost.abs().max()
             if top > 0:
                 cost = cost / top
-        for p in module.parameters():
-            p.grad = None
         logp = self.task.sequence_log_probs(module, batch, samples, n)
         if tuple(logp.shape) != (n_inputs, n):
             raise MGSTaskError(f"sequence_log_probs returned shape {tuple(logp.shape)}, expected {(n_inputs, n)}")
@@ -704,7 +798,7 @@ class SequenceLevelUpdater:
         mask = valid.to(logp.device).float()
         if method == "pg":
             reward = -cost
-            if config.pg_baseline == "mean":
+            if config.pg_baseline == "mean":  # leave-one-out mean of the input's other samples
                 counts = mask.sum(1, keepdim=True)
                 total = (reward * mask).sum(1, keepdim=True)
                 loo = (total - reward) / (counts - 1).clamp(min=1)
@@ -718,18 +812,8 @@ class SequenceLevelUpdater:
                 base = torch.zeros_like(reward)
             adv = (reward - base) * mask
             loss = -(adv.detach() * logp).sum() / mask.sum()
-        else:  # minimum risk: Q over the input's samples
-            scores = config.mrt_sharpness * logp
-            scores = scores.masked_fill(mask == 0, -1e9)
+        else:  # minimum risk: Q ∝ exp(sharpness · log p) over the input's samples
+            scores = (config.mrt_sharpness * logp).masked_fill(mask == 0, -1e9)
             q = torch.softmax(scores, dim=1)
-            loss = ((q * cost).sum(1)).mean()
-        stats.mle_loss = math.nan
-        stats.grad_norm = mle_gradient(params, loss, clip_mode=config.clip_mode, clip_threshold=config.clip_threshold)
-        if math.isfinite(stats.grad_norm):
-            optimizer.step()
-        else:
-            stats.skipped = True
-        for p in params:
-            p.grad = None
-        stats.seconds = time.perf_counter() - start
-        return stats
+            loss = (q * cost).sum(1).mean()
+        return loss, stats

@@ -236,37 +236,88 @@ def train_mle(module, pairs, *, steps: int, lr: float = 3e-3, batch_size: int = 
         updater.step(module, next(batches), optimizer)
 
 
+class ToyFinetuneTask:
+    """The training-engine task (kx_spacy.training.Trainer) of a sequence-level fine-tune.
+
+    module: the ToySeq2Seq being fine-tuned. pairs: training pairs. dev_pairs: held-out pairs
+    (``evaluate``). updater (SequenceLevelUpdater): its ``loss`` is the engine's loss.
+    """
+
+    def __init__(self, module, pairs, dev_pairs, updater, *, batch_size: int = 32, seed: int = 0,
+                 eval_loss=None):
+        self.module = module
+        self.pairs, self.dev_pairs = pairs, dev_pairs
+        self.updater = updater
+        self.batch_size, self.seed = batch_size, seed
+        self.eval_loss = eval_loss or updater.task_loss
+
+    def batches(self, epoch: int, rank: int, world: int):
+        from ..training import shard
+
+        order = list(range(len(self.pairs)))
+        random.Random(self.seed * 7919 + epoch).shuffle(order)
+        starts = range(0, len(order) - self.batch_size + 1, self.batch_size)
+        for i in shard(starts, rank, world):
+            yield collate([self.pairs[j] for j in order[i:i + self.batch_size]])
+
+    def loss(self, module, batch):
+        return self.updater.loss(module, batch)
+
+    def items(self, batch) -> int:
+        return int(batch.tgt_out.ne(PAD).sum().item())
+
+    def evaluate(self, module) -> Dict[str, float]:
+        return evaluate(module, self.dev_pairs, task_loss=self.eval_loss)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"updater": self.updater.state_dict(), "sampler": self.updater.task.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.updater.load_state_dict(state["updater"])
+        self.updater.task.generator.set_state(state["sampler"])
+
+
 def finetune(module, pairs, *, config, task_loss, steps: int, lr: float = 1e-3, batch_size: int = 32,
-             seed: int = 0, max_seconds: Optional[float] = None) -> Dict[str, float]:
-    """Fine-tune ``module`` with ``config.method``; RETURNS per-update means (decodes, seconds)."""
+             seed: int = 0, output_dir=None, dev_pairs=None, resume: bool = False,
+             max_minutes: Optional[float] = None, progress: bool = False) -> Dict[str, float]:
+    """Fine-tune ``module`` with ``config.method`` on the training engine.
+
+    RETURNS (Dict[str, float]): per-update means of the cost logs (decodes, seconds, ...),
+        the number of updates and the run's wall-clock.
+    """
+    import tempfile
+
     import torch
 
+    from ..training import Trainer, TrainingConfig, read_metrics
     from .mgs import SequenceLevelUpdater
 
     updater = SequenceLevelUpdater(ToyTask(seed + 17), task_loss, config)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    batches = _batches(pairs, batch_size, random.Random(seed + 1))
-    module.train()
-    totals: Dict[str, float] = {"decodes": 0.0, "seconds": 0.0, "all_worse": 0.0, "skipped": 0.0,
-                                "mle_weight": 0.0}
-    mle_weights = 0
+    task = ToyFinetuneTask(module, pairs, dev_pairs or [], updater, batch_size=batch_size, seed=seed)
+    tmp = None
+    if output_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="kx_mgs_")
+        output_dir = tmp.name
+    train_cfg = TrainingConfig(max_steps=steps, max_time_minutes=max_minutes, clip_mode=config.clip_mode,
+                               clip_threshold=config.clip_threshold, precision="fp32", device="cpu",
+                               seed=seed, progress=progress, checkpoint_every=0 if tmp else max(1, steps // 4),
+                               max_bad_steps=50, desc=config.method)
+    trainer = Trainer(task, train_cfg, output_dir=output_dir,
+                      optimizer=lambda m: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr),
+                      identity={"method": config.method, "config": config.to_dict(), "lr": lr})
     start = time.perf_counter()
-    done = 0
-    for _ in range(steps):
-        logs = updater.step(module, next(batches), optimizer)
-        done += 1
-        for key in ("decodes", "seconds", "all_worse", "skipped"):
-            totals[key] += logs[key]
-        if math.isfinite(logs["mle_weight"]):
-            totals["mle_weight"] += logs["mle_weight"]
-            mle_weights += 1
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            break
-    out = {k: v / max(done, 1) for k, v in totals.items() if k != "mle_weight"}
-    out["mle_weight"] = totals["mle_weight"] / mle_weights if mle_weights else math.nan
-    out["updates"] = float(done)
-    out["wall_seconds"] = time.perf_counter() - start
+    result = trainer.run(resume=resume)
+    wall = time.perf_counter() - start
+    records = read_metrics(output_dir, kind="step")
+    if tmp is not None:
+        tmp.cleanup()
+    out: Dict[str, float] = {}
+    for key in ("decodes", "seconds", "all_worse", "mle_weight", "mle_step"):
+        vals = [r[key] for r in records if key in r and isinstance(r[key], (int, float))]
+        out[key] = statistics.fmean(vals) if vals else math.nan
+    out["updates"] = float(result.steps)
+    out["bad_steps"] = float(result.bad_steps)
+    out["wall_seconds"] = wall
     return out
 
 

@@ -247,3 +247,49 @@ def test_task_loss_of_wrong_length_raises(toy):
     updater = SequenceLevelUpdater(task, lambda h, r: [0.0], MGSConfig(num_candidates=1))
     with pytest.raises(MGSTaskError):
         updater.step(module, batch, torch.optim.SGD(module.parameters(), lr=0.01))
+
+
+def test_engine_surrogate_carries_the_same_update(toy):
+    from kx_spacy.generation.task_losses import EditDistanceLoss
+
+    module, task, batch = toy
+    config = MGSConfig(num_candidates=2, parameters=["output.*"], seed=4)
+    a = SequenceLevelUpdater(task, EditDistanceLoss(), config)
+    b = SequenceLevelUpdater(task, EditDistanceLoss(), config)
+    params, grads, _ = a.compute(module, batch)
+    surrogate, logs = b.loss(module, batch)
+    assert math.isfinite(surrogate.item()) and "decodes" in logs and "grad_norm" not in logs
+    surrogate.backward()
+    for p, g in zip(params, grads):
+        assert torch.allclose(p.grad, g, atol=1e-7)
+    for p in module.parameters():
+        p.grad = None
+
+
+def test_skipped_update_is_a_nan_loss_for_the_engine(toy):
+    module, task, batch = toy
+    updater = SequenceLevelUpdater(task, lambda h, r: [math.nan] * len(h), MGSConfig(num_candidates=2))
+    surrogate, logs = updater.loss(module, batch)
+    assert math.isnan(surrogate.item()) and logs["skipped"] == 1.0
+
+
+@pytest.mark.parametrize("method", ["mgs", "pg"])
+def test_interrupted_finetune_resumes_exactly(tmp_path, method):
+    pytest.importorskip("kx_spacy.training.engine")
+    from kx_spacy.generation.mgs_toy import finetune, make_pairs, make_toy_model
+    from kx_spacy.generation.task_losses import EditDistanceLoss
+
+    pairs = make_pairs(64, seed=1)
+    config = MGSConfig(method=method, num_candidates=2, seed=3)
+    straight = make_toy_model(width=16, seed=0)
+    finetune(straight, pairs, config=config, task_loss=EditDistanceLoss(), steps=4, batch_size=16,
+             output_dir=tmp_path / "a")
+    resumed = make_toy_model(width=16, seed=0)
+    finetune(resumed, pairs, config=config, task_loss=EditDistanceLoss(), steps=2, batch_size=16,
+             output_dir=tmp_path / "b")
+    fresh = make_toy_model(width=16, seed=0)  # the resumed run loads its weights from the checkpoint
+    cost = finetune(fresh, pairs, config=config, task_loss=EditDistanceLoss(), steps=4, batch_size=16,
+                    output_dir=tmp_path / "b", resume=True)
+    assert cost["updates"] == 4
+    for (n, p), q in zip(straight.named_parameters(), fresh.parameters()):
+        assert torch.equal(p, q), n

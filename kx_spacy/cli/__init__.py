@@ -21,6 +21,7 @@ def _group() -> None:
 # Command modules: importing one registers its commands on ``app``.
 from . import demo  # noqa: E402,F401
 from . import pretrain  # noqa: E402,F401
+from . import segment  # noqa: E402,F401
 from . import pipelines  # noqa: E402,F401
 from . import evaluate_perturbed  # noqa: E402,F401
 from . import bench_perturbed  # noqa: E402,F401

@@ -5,7 +5,7 @@ import numpy
 import pytest
 
 from kx_spacy.errors import KxError
-from kx_spacy.pretraining.branching_entropy import (
+from kx_spacy.segmentation.branching_entropy import (
     BranchingEntropy, BranchingEntropyError, _entropy, chunks, pair_margins, segment,
 )
 from kx_spacy.scoring import segmentation_scores

@@ -2,7 +2,7 @@ import numpy
 import pytest
 
 from kx_spacy.errors import KxError
-from kx_spacy.pretraining.self_training import (
+from kx_spacy.segmentation.self_training import (
     BoundaryClassifier, CorpusCounts, SelfTrainingError, pseudo_labels, self_train, words_from_joins,
 )
 
@@ -116,7 +116,7 @@ def test_cli_pmi_teacher_scores_against_gold(tmp_path):
 
 
 def test_rank_average_combines_by_rank_and_fills_gaps():
-    from kx_spacy.pretraining.self_training import rank_average
+    from kx_spacy.segmentation.self_training import rank_average
 
     a = [numpy.array([1.0, 2.0, numpy.nan]), numpy.array([3.0])]
     b = [numpy.array([300.0, 200.0, 100.0]), numpy.array([numpy.nan])]
@@ -134,7 +134,7 @@ def test_rank_average_combines_by_rank_and_fills_gaps():
 
 
 def test_parse_teachers():
-    from kx_spacy.pretraining.teachers import parse_teachers
+    from kx_spacy.segmentation.teachers import parse_teachers
 
     assert parse_teachers("nvbe+mlm") == ["nvbe", "mlm"]
     for bad in ("bert", "nvbe+nvbe", "", "+"):
@@ -175,7 +175,7 @@ def test_cli_combined_teacher_with_the_mlm_and_its_cache(tmp_path, tiny_mlm_dir,
 
 
 def test_rank_average_weights():
-    from kx_spacy.pretraining.self_training import rank_average
+    from kx_spacy.segmentation.self_training import rank_average
 
     a = [numpy.array([1.0, 2.0, 3.0])]
     b = [numpy.array([3.0, 2.0, numpy.nan])]
@@ -190,7 +190,7 @@ def test_rank_average_weights():
 
 def test_mlm_cache_scores_only_new_lines(tmp_path, tiny_mlm_dir, monkeypatch):
     import kx_spacy.perturbed.segmenter as seg
-    from kx_spacy.pretraining.teachers import mlm_scores
+    from kx_spacy.segmentation.mlm_impacts import mlm_scores
 
     lines, _ = _corpus(8, 7)
     seen = []

@@ -10,6 +10,7 @@ kx_spacy installed and can read the pipeline and corpus paths and write the outp
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,8 +115,13 @@ def _run_local(pipeline, input_path, output_dir, todo: List[Shard], fmt, text_ke
     import torch
     from tqdm import tqdm
 
-    # forked workers deadlock in torch's thread pool unless the parent is single-threaded
-    torch.set_num_threads(1 if n_process > 1 else threads)
+    if n_process > 1:
+        # forked workers deadlock in torch's thread pool unless the parent is single-threaded,
+        # and fast tokenizers warn at every fork unless told not to parallelise
+        torch.set_num_threads(1)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    else:
+        torch.set_num_threads(threads)
     nlp = spacy.load(pipeline)
 
     def items() -> Iterator[Tuple[str, Optional[Dict]]]:
@@ -170,8 +176,12 @@ def _run_ray(pipeline, input_path, output_dir, todo: List[Shard], fmt, text_key,
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     try:
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar says how far it is
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
         ds = ray.data.from_items([s.to_dict() for s in todo], override_num_blocks=min(len(todo), 4 * actors))
         out = ds.map_batches(
             _ShardAnnotator,

@@ -1,0 +1,949 @@
+"""Multi-head linear attention ("Transformers are RNNs", Katharopoulos et al. 2020).
+
+Softmax attention weighs value ``v_j`` for query ``i`` by ``exp(q_i·k_j)``; linear attention
+replaces the exponential by a kernel ``φ(q_i)·φ(k_j)``, so that
+
+    y_i = φ(q_i)ᵀ Σ_j φ(k_j) v_jᵀ  /  φ(q_i)ᵀ Σ_j φ(k_j)
+
+costs O(T) instead of O(T²): the sums ``S = Σ φ(k) vᵀ`` (a D×E state) and ``z = Σ φ(k)``
+(the normaliser) are shared by every query. In the causal case the sums run over ``j ≤ i`` and
+the model is an RNN whose state is ``(S, z)``.
+
+Three algorithms compute the same function (tests check them against a quadratic reference):
+
+* ``linear_attention(..., causal=False)``: the O(T) form, with a padding mask.
+* ``linear_attention(..., causal=True)``: the chunked parallel form for training. The sequence
+  is cut into chunks of ``chunk_size``; inside a chunk attention is computed quadratically
+  (masked lower triangle), across chunks through the running state. ``algorithm="cumsum"``
+  computes every chunk's state at once with a cumulative sum over chunks (no Python loop at
+  all); ``algorithm="loop"`` carries the state through a Python loop over chunks (never over
+  time steps). The benchmark measures both; ``"auto"`` picks the faster one per device.
+* ``linear_attention_step``: the recurrent form, one position at a time with an O(1) state.
+
+Feature maps live in a registry (``register_feature_map``): ``elu`` (elu + 1, the paper's),
+``relu``, ``identity`` and ``separate_softmax`` (Shen et al.: softmax of Q over channels and of
+K over positions). The separate softmax normalises K over the *whole* sequence, so a position's
+keys depend on future positions: it is not causal, and the causal and recurrent forms refuse it
+with a ``FeatureMapError`` (a causal variant would normalise K over the prefix ``j ≤ i``, which
+is a different model; it is not provided).
+
+Numerics. The state and normaliser are accumulated in fp32 whatever the input dtype (under
+bf16 / fp16 autocast the intra-chunk products stay in half precision on CUDA); on the CPU,
+half-precision inputs are computed in fp32 and the output is cast back (CPU half matmuls are
+slow and fp16 sums overflow). The denominator is made safe: where ``|d| < eps`` it is replaced
+by ``±eps`` (the sign of ``d``, ``+`` for 0), so a feature map that produces negative values
+(``identity``) never divides by zero: the result is finite and defined. Padding positions
+(``mask`` False) contribute nothing and their outputs are 0; a row that is all padding gives 0.
+
+The modules take ``(batch, length, d_model)`` inputs and a ``(batch, length)`` bool mask (True =
+a real token). ``LinearAttention`` and its twin ``SoftmaxAttention`` (torch SDPA, with a KV cache
+for step decoding) have identical parameters, so a state dict moves between them.
+``TransformerBlock`` is a pre-norm block around either; ``AttentionStack`` a stack of blocks.
+Every causal module offers ``forward(x, mask=None, state=None, return_state=False)``,
+``init_state(batch)`` and ``step(x_t, state, mask_t=None) -> (y_t, state)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import AttentionKernelError, AttentionShapeError, FeatureMapError
+
+__all__ = [
+    "FeatureMap",
+    "register_feature_map",
+    "get_feature_map",
+    "feature_map_names",
+    "linear_attention",
+    "linear_attention_step",
+    "LinearAttentionState",
+    "KVCache",
+    "LinearAttention",
+    "SoftmaxAttention",
+    "make_attention",
+    "TransformerBlock",
+    "AttentionStack",
+    "StackState",
+    "fla_available",
+]
+
+DEFAULT_EPS = 1e-6
+DEFAULT_CHUNK = 64
+
+
+# ----------------------------------------------------------------------------- feature maps
+class FeatureMap:
+    """A kernel feature map φ, applied to queries and keys of shape (B, H, T, D).
+
+    Subclasses set ``name`` and ``causal`` (False when φ(k_j) depends on other positions, so
+    that the causal and recurrent forms must refuse it) and override ``query`` and ``key``.
+    ``key`` receives the padding mask (B, 1, T, 1) as floats (or None) and must return zeros
+    at masked positions.
+    """
+
+    name: str = "feature_map"
+    causal: bool = True
+
+    def query(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def key(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        out = self.query(x)
+        return out if mask is None else out * mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class PointwiseFeatureMap(FeatureMap):
+    """φ applied elementwise, the same to queries and keys."""
+
+    def __init__(self, name: str, fn: Callable[[Tensor], Tensor]):
+        self.name = name
+        self.fn = fn
+
+    def query(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+class SeparateSoftmaxFeatureMap(FeatureMap):
+    """Shen et al. (2021): softmax of Q over its channels, softmax of K over positions.
+
+    Each query's weights sum to 1 over channels and each key channel's weights sum to 1 over
+    the (unmasked) positions, so every row of the implied attention matrix sums to 1 and the
+    normaliser is 1 up to rounding. Not causal (K is normalised over the whole sequence).
+    A row whose positions are all masked gives keys of 0 (and an output of 0).
+    """
+
+    name = "separate_softmax"
+    causal = False
+
+    def query(self, x: Tensor) -> Tensor:
+        return torch.softmax(x, dim=-1)
+
+    def key(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if mask is None:
+            return torch.softmax(x, dim=-2)
+        valid = mask > 0
+        logits = x.masked_fill(~valid, float("-inf"))
+        # rows with no valid position: make the softmax finite, then zero it
+        any_valid = valid.any(dim=-2, keepdim=True)
+        logits = torch.where(any_valid, logits, torch.zeros_like(logits))
+        return torch.softmax(logits, dim=-2) * mask
+
+
+_FEATURE_MAPS: Dict[str, Callable[[], FeatureMap]] = {}
+
+
+def register_feature_map(name: str) -> Callable:
+    """Register a feature-map factory (a callable with no arguments) under ``name``.
+
+    name (str): the name configs use (``feature_map = "name"``).
+    RETURNS (Callable): the decorator.
+    """
+
+    def decorator(factory: Callable[[], FeatureMap]) -> Callable[[], FeatureMap]:
+        _FEATURE_MAPS[name] = factory
+        return factory
+
+    return decorator
+
+
+@register_feature_map("elu")
+def _elu_plus_one() -> FeatureMap:
+    return PointwiseFeatureMap("elu", lambda x: F.elu(x) + 1.0)
+
+
+@register_feature_map("relu")
+def _relu() -> FeatureMap:
+    return PointwiseFeatureMap("relu", F.relu)
+
+
+@register_feature_map("identity")
+def _identity() -> FeatureMap:
+    return PointwiseFeatureMap("identity", lambda x: x)
+
+
+@register_feature_map("separate_softmax")
+def _separate_softmax() -> FeatureMap:
+    return SeparateSoftmaxFeatureMap()
+
+
+def feature_map_names() -> List[str]:
+    """The registered feature-map names, sorted."""
+    return sorted(_FEATURE_MAPS)
+
+
+def get_feature_map(feature_map: Union[str, FeatureMap]) -> FeatureMap:
+    """Resolve a registered name (or pass a FeatureMap through).
+
+    feature_map (Union[str, FeatureMap]): a registered name or an instance.
+    RETURNS (FeatureMap): the feature map.
+    """
+    if isinstance(feature_map, FeatureMap):
+        return feature_map
+    if feature_map not in _FEATURE_MAPS:
+        raise FeatureMapError(
+            f"Unknown feature map {feature_map!r}; registered: {', '.join(feature_map_names())}. "
+            "Add one with kx_spacy.models.linear_attention.register_feature_map."
+        )
+    return _FEATURE_MAPS[feature_map]()
+
+
+def _require_causal(fmap: FeatureMap) -> None:
+    if not fmap.causal:
+        raise FeatureMapError(
+            f"Feature map {fmap.name!r} is not causal: it normalises keys over the whole "
+            "sequence, so a position would see the future. Use it with causal=False, or pick "
+            f"a pointwise map ({', '.join(n for n in feature_map_names() if _FEATURE_MAPS[n]().causal)})."
+        )
+
+
+# ----------------------------------------------------------------------------- core
+def _safe_denominator(d: Tensor, eps: float) -> Tensor:
+    """d where |d| >= eps, else ±eps with d's sign (+ for 0): never 0, never flips sign."""
+    sign = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
+    return torch.where(d.abs() < eps, sign * eps, d)
+
+
+def _acc(x: Tensor) -> Tensor:
+    """x in an accumulation dtype: fp32, or fp64 when x is fp64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    if x.device.type != "cuda" and x.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    if not x.is_floating_point():
+        raise AttentionShapeError(f"attention inputs must be floating point, got {x.dtype}")
+    return x.dtype
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise AttentionShapeError(
+            f"q, k, v must be (batch, heads, length, dim); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise AttentionShapeError(
+            f"queries and keys need the same head dim: {q.shape[-1]} != {k.shape[-1]}"
+        )
+    if q.shape[:3] != k.shape[:3] or k.shape[:3] != v.shape[:3]:
+        raise AttentionShapeError(
+            f"q, k, v disagree on (batch, heads, length): {tuple(q.shape[:3])}, "
+            f"{tuple(k.shape[:3])}, {tuple(v.shape[:3])}"
+        )
+    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[2]):
+        raise AttentionShapeError(
+            f"mask must be (batch, length) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}"
+        )
+
+
+def _finish(num: Tensor, den: Tensor, normalize: bool, eps: float) -> Tensor:
+    if not normalize:
+        return num
+    return num / _safe_denominator(den, eps).unsqueeze(-1)
+
+
+def _noncausal(fq: Tensor, fk: Tensor, v: Tensor, normalize: bool, eps: float) -> Tensor:
+    fk32 = _acc(fk)
+    kv = fk32.transpose(-1, -2) @ _acc(v)                     # (B, H, D, E), fp32
+    z = fk32.sum(dim=-2)                                        # (B, H, D)
+    fq32 = _acc(fq)
+    num = fq32 @ kv
+    den = (fq32 * z.unsqueeze(-2)).sum(-1)
+    return _finish(num, den, normalize, eps)
+
+
+def _chunks(x: Tensor, c: int) -> Tensor:
+    b, h, t, d = x.shape
+    n = -(-t // c)
+    if n * c != t:
+        x = F.pad(x, (0, 0, 0, n * c - t))
+    return x.reshape(b, h, n, c, d)
+
+
+def _causal_cumsum(fq, fk, v, c, s0, z0, normalize, eps):
+    """Chunked causal form; every chunk's incoming state from one cumsum over chunks."""
+    b, h, t, _ = fq.shape
+    q, k, vv = _chunks(fq, c), _chunks(fk, c), _chunks(v, c)
+    tril = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
+    a = (q @ k.transpose(-1, -2)).masked_fill(~tril, 0.0)      # (B, H, N, C, C)
+    num = _acc(a @ vv)
+    den = _acc(a).sum(-1)
+    kv = _acc(k.transpose(-1, -2) @ vv)                         # (B, H, N, D, E)
+    ks = _acc(k).sum(-2)                                      # (B, H, N, D)
+    s_incl = kv.cumsum(dim=2)
+    z_incl = ks.cumsum(dim=2)
+    s_prev = F.pad(s_incl[:, :, :-1], (0, 0, 0, 0, 1, 0))
+    z_prev = F.pad(z_incl[:, :, :-1], (0, 0, 1, 0))
+    s_final, z_final = s_incl[:, :, -1], z_incl[:, :, -1]
+    if s0 is not None:
+        s_prev = s_prev + s0.unsqueeze(2)
+        z_prev = z_prev + z0.unsqueeze(2)
+        s_final, z_final = s_final + s0, z_final + z0
+    q32 = _acc(q)
+    num = num + q32 @ s_prev
+    den = den + (q32 @ z_prev.unsqueeze(-1)).squeeze(-1)
+    out = _finish(num, den, normalize, eps)
+    out = out.reshape(b, h, -1, out.shape[-1])[:, :, :t]
+    return out, s_final, z_final
+
+
+def _causal_loop(fq, fk, v, c, s0, z0, normalize, eps):
+    """Chunked causal form; the state carried through a Python loop over chunks."""
+    b, h, t, d = fq.shape
+    e = v.shape[-1]
+    acc = torch.promote_types(fq.dtype, torch.float32)
+    s = s0 if s0 is not None else fq.new_zeros(b, h, d, e, dtype=acc)
+    z = z0 if z0 is not None else fq.new_zeros(b, h, d, dtype=acc)
+    tril = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
+    outs = []
+    for start in range(0, t, c):
+        q = fq[:, :, start:start + c]
+        k = fk[:, :, start:start + c]
+        vv = v[:, :, start:start + c]
+        n = q.shape[2]
+        a = (q @ k.transpose(-1, -2)).masked_fill(~tril[:n, :n], 0.0)
+        q32 = _acc(q)
+        num = _acc(a @ vv) + q32 @ s
+        den = _acc(a).sum(-1) + (q32 @ z.unsqueeze(-1)).squeeze(-1)
+        outs.append(_finish(num, den, normalize, eps))
+        s = s + _acc(k.transpose(-1, -2) @ vv)
+        z = z + _acc(k).sum(-2)
+    return torch.cat(outs, dim=2), s, z
+
+
+def _auto_algorithm(device: torch.device) -> str:
+    # Measured by bench-attention (kx_spacy.models.attention_benchmark): see the README table.
+    return "cumsum"
+
+
+@dataclass
+class LinearAttentionState:
+    """The recurrent state of causal linear attention: S = Σ φ(k) vᵀ and z = Σ φ(k), fp32.
+
+    kv (Tensor): (batch, heads, key dim, value dim).
+    z (Tensor): (batch, heads, key dim).
+    """
+
+    kv: Tensor
+    z: Tensor
+
+    def index_select(self, index: Tensor) -> "LinearAttentionState":
+        """Rows of the batch in a new order (beam search)."""
+        return LinearAttentionState(self.kv.index_select(0, index), self.z.index_select(0, index))
+
+
+def linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    feature_map: Union[str, FeatureMap] = "elu",
+    causal: bool = False,
+    mask: Optional[Tensor] = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    eps: float = DEFAULT_EPS,
+    normalize: bool = True,
+    state: Optional[LinearAttentionState] = None,
+    return_state: bool = False,
+    algorithm: str = "auto",
+):
+    """Multi-head linear attention over (batch, heads, length, dim) tensors.
+
+    q (Tensor): queries (B, H, T, D), before the feature map.
+    k (Tensor): keys (B, H, T, D), before the feature map.
+    v (Tensor): values (B, H, T, E).
+    feature_map (Union[str, FeatureMap]): a registered name or a FeatureMap.
+    causal (bool): position i attends to j ≤ i only (chunked parallel form).
+    mask (Optional[Tensor]): (B, T) bool, True for real tokens; padding contributes nothing
+        and its outputs are 0.
+    chunk_size (int): chunk length of the causal form (any T works; the last chunk is padded).
+    eps (float): the smallest |denominator| (see the module docstring).
+    normalize (bool): divide by φ(q)·Σφ(k); False gives the unnormalised sum (as fla's
+        normalize=False), usually combined with an output norm.
+    state (Optional[LinearAttentionState]): causal only: the state after a prefix, so that this
+        call continues it (prefill, then ``linear_attention_step``).
+    return_state (bool): causal only: also return the state after the last position.
+    algorithm (str): causal only: "cumsum" (batched over chunks), "loop" (loop over chunks) or
+        "auto".
+    RETURNS (Tensor or Tuple[Tensor, LinearAttentionState]): (B, H, T, E) in v's dtype.
+    """
+    _check_qkv(q, k, v, mask)
+    fmap = get_feature_map(feature_map)
+    if causal:
+        _require_causal(fmap)
+    elif state is not None or return_state:
+        raise AttentionShapeError("state / return_state exist only in the causal form")
+    if chunk_size < 1:
+        raise AttentionShapeError(f"chunk_size must be >= 1, got {chunk_size}")
+    if algorithm not in ("auto", "cumsum", "loop"):
+        raise AttentionKernelError(f"algorithm must be 'auto', 'cumsum' or 'loop', not {algorithm!r}")
+    b, h, t, d = q.shape
+    e = v.shape[-1]
+    out_dtype = v.dtype
+    cd = _compute_dtype(q)
+    if state is not None:
+        if tuple(state.kv.shape) != (b, h, d, e) or tuple(state.z.shape) != (b, h, d):
+            raise AttentionShapeError(
+                f"state of shape {tuple(state.kv.shape)} does not fit (B, H, D, E) = {(b, h, d, e)}"
+            )
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v = q.to(cd), k.to(cd), v.to(cd)
+        m = None if mask is None else mask.to(device=q.device, dtype=cd)[:, None, :, None]
+        if t == 0:
+            out = v.new_zeros(b, h, 0, e)
+            if not return_state:
+                return out.to(out_dtype)
+            st = state or LinearAttentionState(
+                q.new_zeros(b, h, d, e, dtype=torch.float32), q.new_zeros(b, h, d, dtype=torch.float32)
+            )
+            return out.to(out_dtype), st
+        fq = fmap.query(q)
+        fk = fmap.key(k, m)
+        if not causal:
+            out = _noncausal(fq, fk, v, normalize, eps)
+            final = None
+        else:
+            c = min(chunk_size, t)
+            algo = _auto_algorithm(q.device) if algorithm == "auto" else algorithm
+            fn = _causal_cumsum if algo == "cumsum" else _causal_loop
+            s0 = None if state is None else _acc(state.kv)
+            z0 = None if state is None else _acc(state.z)
+            out, s_final, z_final = fn(fq, fk, v, c, s0, z0, normalize, eps)
+            final = LinearAttentionState(s_final, z_final)
+        if m is not None:
+            out = out * m
+    out = out.to(out_dtype)
+    return (out, final) if return_state else out
+
+
+def linear_attention_step(
+    q_t: Tensor,
+    k_t: Tensor,
+    v_t: Tensor,
+    state: LinearAttentionState,
+    *,
+    feature_map: Union[str, FeatureMap] = "elu",
+    mask_t: Optional[Tensor] = None,
+    eps: float = DEFAULT_EPS,
+    normalize: bool = True,
+) -> Tuple[Tensor, LinearAttentionState]:
+    """One step of causal linear attention: the recurrent form, O(1) in the position.
+
+    q_t (Tensor): the query at this position, (B, H, D), before the feature map.
+    k_t (Tensor): the key (B, H, D).
+    v_t (Tensor): the value (B, H, E).
+    state (LinearAttentionState): the state after the previous positions.
+    feature_map (Union[str, FeatureMap]): must be causal.
+    mask_t (Optional[Tensor]): (B,) bool; False: a padding position (state unchanged, output 0).
+    eps (float): the smallest |denominator|.
+    normalize (bool): as in ``linear_attention``.
+    RETURNS (Tuple[Tensor, LinearAttentionState]): y_t (B, H, E) in v_t's dtype, the new state.
+    """
+    fmap = get_feature_map(feature_map)
+    _require_causal(fmap)
+    if q_t.dim() != 3 or k_t.shape != q_t.shape or v_t.shape[:2] != q_t.shape[:2]:
+        raise AttentionShapeError(
+            f"step inputs must be (B, H, D), (B, H, D), (B, H, E); got {tuple(q_t.shape)}, "
+            f"{tuple(k_t.shape)}, {tuple(v_t.shape)}"
+        )
+    b, h, d = q_t.shape
+    e = v_t.shape[-1]
+    if tuple(state.kv.shape) != (b, h, d, e):
+        raise AttentionShapeError(f"state {tuple(state.kv.shape)} does not fit {(b, h, d, e)}")
+    out_dtype = v_t.dtype
+    with torch.autocast(device_type=q_t.device.type, enabled=False):
+        fq = _acc(fmap.query(q_t.unsqueeze(2)).squeeze(2))
+        fk = _acc(fmap.query(k_t.unsqueeze(2)).squeeze(2))
+        v32 = _acc(v_t)
+        if mask_t is not None:
+            m = mask_t.to(device=q_t.device, dtype=torch.float32)[:, None, None]
+            fk = fk * m
+        kv = state.kv + fk.unsqueeze(-1) * v32.unsqueeze(-2)
+        z = state.z + fk
+        num = (fq.unsqueeze(-2) @ kv).squeeze(-2)
+        den = (fq * z).sum(-1)
+        y = _finish(num, den, normalize, eps)
+        if mask_t is not None:
+            y = y * m
+    return y.to(out_dtype), LinearAttentionState(kv, z)
+
+
+# ----------------------------------------------------------------------------- fla (optional)
+def fla_available() -> bool:
+    """True when fla-core (flash-linear-attention) imports and a CUDA device is present."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn  # noqa: F401
+    except Exception:  # ImportError, or a Triton / CUDA mismatch at import
+        return False
+    return True
+
+
+def _fla_causal(fq: Tensor, fk: Tensor, v: Tensor, normalize: bool) -> Tensor:
+    """fla's chunk_linear_attn on feature-mapped q, k (B, H, T, D); returns (B, H, T, E)."""
+    from fla.ops.linear_attn import chunk_linear_attn
+
+    dtype = torch.bfloat16 if fq.dtype == torch.float32 else fq.dtype
+    q, k, vv = (x.transpose(1, 2).to(dtype).contiguous() for x in (fq, fk, v))
+    # scale cancels when normalize=True; fla adds 1e-10 to the denominator (we use max(d, eps))
+    o, _ = chunk_linear_attn(q, k, vv, scale=1.0, normalize=normalize)
+    return o.transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------- modules
+class _Projections(nn.Module):
+    """q, k, v, out projections shared (by name and shape) by both attention kinds."""
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: Optional[int], value_dim: Optional[int], bias: bool):
+        super().__init__()
+        if d_model < 1 or n_heads < 1:
+            raise AttentionShapeError(f"d_model and n_heads must be >= 1, got {d_model}, {n_heads}")
+        if head_dim is None or value_dim is None:
+            if d_model % n_heads:
+                raise AttentionShapeError(
+                    f"d_model {d_model} is not divisible by n_heads {n_heads}; give head_dim"
+                )
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = head_dim or d_model // n_heads
+        self.value_dim = value_dim or d_model // n_heads
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_heads * self.value_dim, bias=bias)
+        self.out_proj = nn.Linear(n_heads * self.value_dim, d_model, bias=bias)
+
+    def _check_input(self, x: Tensor, mask: Optional[Tensor]) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise AttentionShapeError(
+                f"expected (batch, length, {self.d_model}); got {tuple(x.shape)}"
+            )
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
+            raise AttentionShapeError(
+                f"mask must be (batch, length) = {tuple(x.shape[:2])}; got {tuple(mask.shape)}"
+            )
+
+    def _qkv(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_heads, self.value_dim).transpose(1, 2)
+        return q, k, v
+
+    def _qkv_step(self, x_t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        if x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
+            raise AttentionShapeError(f"step input must be (batch, {self.d_model}); got {tuple(x_t.shape)}")
+        b = x_t.shape[0]
+        q = self.q_proj(x_t).view(b, self.n_heads, self.head_dim)
+        k = self.k_proj(x_t).view(b, self.n_heads, self.head_dim)
+        v = self.v_proj(x_t).view(b, self.n_heads, self.value_dim)
+        return q, k, v
+
+
+class LinearAttention(_Projections):
+    """Multi-head linear attention, causal or not.
+
+    d_model (int): input and output width.
+    n_heads (int): number of heads.
+    head_dim (Optional[int]): query/key width per head (default d_model // n_heads).
+    value_dim (Optional[int]): value width per head (default d_model // n_heads).
+    feature_map (Union[str, FeatureMap]): registered name ("elu", "relu", "identity",
+        "separate_softmax" (non-causal only)) or a FeatureMap.
+    causal (bool): attend to the past only; enables ``step`` / ``init_state``.
+    chunk_size (int): chunk length of the causal parallel form.
+    eps (float): the smallest |denominator|.
+    normalize (bool): divide by φ(q)·Σφ(k).
+    output_norm (bool): an RMSNorm over each head's output before the out projection (fla).
+    bias (bool): biases in the projections.
+    kernel (str): "torch" (pure torch, any device) or "fla" (fla-core's chunk_linear_attn; needs
+        fla-core and CUDA, causal only, no padding mask inside a row beyond zeroing keys).
+    algorithm (str): "auto", "cumsum" or "loop" (the causal torch form).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        head_dim: Optional[int] = None,
+        value_dim: Optional[int] = None,
+        feature_map: Union[str, FeatureMap] = "elu",
+        causal: bool = False,
+        chunk_size: int = DEFAULT_CHUNK,
+        eps: float = DEFAULT_EPS,
+        normalize: bool = True,
+        output_norm: bool = False,
+        bias: bool = False,
+        kernel: str = "torch",
+        algorithm: str = "auto",
+    ):
+        super().__init__(d_model, n_heads, head_dim, value_dim, bias)
+        self.feature_map = get_feature_map(feature_map)
+        if causal:
+            _require_causal(self.feature_map)
+        if kernel not in ("torch", "fla"):
+            raise AttentionKernelError(f"kernel must be 'torch' or 'fla', not {kernel!r}")
+        if kernel == "fla" and not causal:
+            raise AttentionKernelError("kernel='fla' supports the causal form only")
+        if chunk_size < 1:
+            raise AttentionShapeError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.causal = causal
+        self.chunk_size = chunk_size
+        self.eps = eps
+        self.normalize = normalize
+        self.kernel = kernel
+        self.algorithm = algorithm
+        self.norm = nn.RMSNorm(self.value_dim, eps=1e-5) if output_norm else None
+
+    def _head_norm(self, o: Tensor) -> Tensor:
+        return o if self.norm is None else self.norm(o)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Optional[Tensor] = None,
+        state: Optional[LinearAttentionState] = None,
+        return_state: bool = False,
+    ):
+        """x (Tensor): (B, T, d_model). mask (Optional[Tensor]): (B, T) bool.
+        state / return_state: causal only, as in ``linear_attention``.
+        RETURNS (Tensor or Tuple[Tensor, LinearAttentionState]): (B, T, d_model).
+        """
+        self._check_input(x, mask)
+        q, k, v = self._qkv(x)
+        if self.kernel == "fla" and state is None and not return_state and x.shape[1] > 0:
+            if not (x.is_cuda and fla_available()):
+                raise AttentionKernelError(
+                    "kernel='fla' needs fla-core installed and a CUDA tensor; use kernel='torch'"
+                )
+            m = None if mask is None else mask.to(q.dtype)[:, None, :, None]
+            fq = self.feature_map.query(q)
+            fk = self.feature_map.key(k, m)
+            o = _fla_causal(fq, fk, v, self.normalize).to(v.dtype)
+            if m is not None:
+                o = o * m
+            final = None
+        else:
+            res = linear_attention(
+                q, k, v, feature_map=self.feature_map, causal=self.causal, mask=mask,
+                chunk_size=self.chunk_size, eps=self.eps, normalize=self.normalize,
+                state=state, return_state=return_state, algorithm=self.algorithm,
+            )
+            o, final = res if return_state else (res, None)
+        y = self.out_proj(self._head_norm(o).transpose(1, 2).reshape(x.shape[0], x.shape[1], self.n_heads * self.value_dim))
+        return (y, final) if return_state else y
+
+    def init_state(self, batch: int, device=None) -> LinearAttentionState:
+        """The empty recurrent state (fp32 zeros) for ``batch`` rows."""
+        self._need_causal()
+        device = device if device is not None else self.q_proj.weight.device
+        h, d, e = self.n_heads, self.head_dim, self.value_dim
+        return LinearAttentionState(
+            torch.zeros(batch, h, d, e, device=device, dtype=torch.float32),
+            torch.zeros(batch, h, d, device=device, dtype=torch.float32),
+        )
+
+    def step(
+        self, x_t: Tensor, state: LinearAttentionState, mask_t: Optional[Tensor] = None
+    ) -> Tuple[Tensor, LinearAttentionState]:
+        """One decoding step. x_t (Tensor): (B, d_model). RETURNS: (y_t (B, d_model), state)."""
+        self._need_causal()
+        q, k, v = self._qkv_step(x_t)
+        o, state = linear_attention_step(
+            q, k, v, state, feature_map=self.feature_map, mask_t=mask_t, eps=self.eps,
+            normalize=self.normalize,
+        )
+        return self.out_proj(self._head_norm(o).reshape(x_t.shape[0], -1)), state
+
+    def _need_causal(self) -> None:
+        if not self.causal:
+            raise AttentionShapeError("step / init_state need a causal attention (causal=True)")
+
+
+@dataclass
+class KVCache:
+    """Keys and values seen so far by a softmax attention decoder (preallocated, grows ×2).
+
+    k (Tensor): (batch, heads, capacity, head dim). v (Tensor): (batch, heads, capacity, value dim).
+    valid (Tensor): (batch, capacity) bool, False for padding steps. length (int): positions used.
+    """
+
+    k: Tensor
+    v: Tensor
+    valid: Tensor
+    length: int = 0
+
+    def index_select(self, index: Tensor) -> "KVCache":
+        return KVCache(self.k.index_select(0, index), self.v.index_select(0, index),
+                       self.valid.index_select(0, index), self.length)
+
+
+class SoftmaxAttention(_Projections):
+    """The softmax twin of LinearAttention: same parameters, torch SDPA, KV cache decoding.
+
+    d_model, n_heads, head_dim, value_dim, causal, bias: as in LinearAttention. Other
+    LinearAttention settings are accepted and ignored, so one config switches the two.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        head_dim: Optional[int] = None,
+        value_dim: Optional[int] = None,
+        causal: bool = False,
+        bias: bool = False,
+        **_ignored,
+    ):
+        super().__init__(d_model, n_heads, head_dim, value_dim, bias)
+        self.causal = causal
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, state: Optional[KVCache] = None,
+                return_state: bool = False):
+        """x (Tensor): (B, T, d_model). mask (Optional[Tensor]): (B, T) bool.
+        state / return_state: causal only: a KV cache to continue / to return.
+        RETURNS (Tensor or Tuple[Tensor, KVCache]): (B, T, d_model).
+        """
+        self._check_input(x, mask)
+        b, t, _ = x.shape
+        if (state is not None or return_state) and not self.causal:
+            raise AttentionShapeError("state / return_state exist only in the causal form")
+        if state is not None:
+            # continue a cache: run step by step (prefill after a prefix is rare)
+            ys = []
+            for i in range(t):
+                y, state = self.step(x[:, i], state, None if mask is None else mask[:, i])
+                ys.append(y)
+            y = torch.stack(ys, 1) if ys else x.new_zeros(b, 0, self.d_model)
+            return (y, state) if return_state else y
+        q, k, v = self._qkv(x)
+        if t == 0:
+            o = v
+        else:
+            o = self._sdpa(q, k, v, mask)
+        y = self.out_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.value_dim))
+        if return_state:
+            cache = self.init_state(b, device=x.device, capacity=t)
+            cache = self._append(cache, k, v, mask if mask is not None else
+                                 torch.ones(b, t, dtype=torch.bool, device=x.device))
+            return y, cache
+        return y
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        t = q.shape[2]
+        allowed = mask[:, None, None, :].expand(-1, 1, t, -1)
+        if self.causal:
+            allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        # rows with no allowed key (padding queries): attend anywhere, output zeroed below
+        allowed = allowed | ~allowed.any(-1, keepdim=True)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return o * mask[:, None, :, None].to(o.dtype)
+
+    def init_state(self, batch: int, device=None, capacity: int = 64) -> KVCache:
+        """An empty KV cache for ``batch`` rows."""
+        if not self.causal:
+            raise AttentionShapeError("step / init_state need a causal attention (causal=True)")
+        device = device if device is not None else self.q_proj.weight.device
+        dtype = self.q_proj.weight.dtype
+        capacity = max(capacity, 1)
+        return KVCache(
+            torch.zeros(batch, self.n_heads, capacity, self.head_dim, device=device, dtype=dtype),
+            torch.zeros(batch, self.n_heads, capacity, self.value_dim, device=device, dtype=dtype),
+            torch.zeros(batch, capacity, dtype=torch.bool, device=device),
+            0,
+        )
+
+    @staticmethod
+    def _append(cache: KVCache, k: Tensor, v: Tensor, valid: Tensor) -> KVCache:
+        n = k.shape[2]
+        need = cache.length + n
+        ck, cv, cvalid = cache.k, cache.v, cache.valid
+        if need > ck.shape[2]:
+            cap = max(need, 2 * ck.shape[2])
+            grow = cap - ck.shape[2]
+            ck = F.pad(ck, (0, 0, 0, grow))
+            cv = F.pad(cv, (0, 0, 0, grow))
+            cvalid = F.pad(cvalid, (0, grow))
+        ck[:, :, cache.length:need] = k.to(ck.dtype)
+        cv[:, :, cache.length:need] = v.to(cv.dtype)
+        cvalid[:, cache.length:need] = valid
+        return KVCache(ck, cv, cvalid, need)
+
+    def step(self, x_t: Tensor, state: KVCache, mask_t: Optional[Tensor] = None) -> Tuple[Tensor, KVCache]:
+        """One decoding step over the cache. x_t (Tensor): (B, d_model).
+        RETURNS (Tuple[Tensor, KVCache]): y_t (B, d_model), the cache (updated in place).
+        """
+        if not self.causal:
+            raise AttentionShapeError("step / init_state need a causal attention (causal=True)")
+        q, k, v = self._qkv_step(x_t)
+        b = x_t.shape[0]
+        valid = (torch.ones(b, dtype=torch.bool, device=x_t.device) if mask_t is None
+                 else mask_t.to(device=x_t.device, dtype=torch.bool))
+        state = self._append(state, k.unsqueeze(2), v.unsqueeze(2), valid.unsqueeze(1))
+        n = state.length
+        keys, values = state.k[:, :, :n], state.v[:, :, :n]
+        if mask_t is None and bool(state.valid[:, :n].all()):
+            o = F.scaled_dot_product_attention(q.unsqueeze(2), keys.to(q.dtype), values.to(q.dtype))
+        else:
+            allowed = state.valid[:, :n]
+            allowed = allowed | ~allowed.any(-1, keepdim=True)
+            o = F.scaled_dot_product_attention(
+                q.unsqueeze(2), keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None, None, :]
+            )
+            o = o * valid[:, None, None, None].to(o.dtype)
+        return self.out_proj(o.reshape(b, -1)), state
+
+
+def make_attention(kind: str, d_model: int, n_heads: int, **kwargs) -> nn.Module:
+    """Build a "linear" (LinearAttention) or "softmax" (SoftmaxAttention) attention module."""
+    if kind == "linear":
+        return LinearAttention(d_model, n_heads, **kwargs)
+    if kind == "softmax":
+        return SoftmaxAttention(d_model, n_heads, **kwargs)
+    raise AttentionKernelError(f"attention must be 'linear' or 'softmax', not {kind!r}")
+
+
+# ----------------------------------------------------------------------------- block and stack
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)).
+
+    d_model (int): width. n_heads (int): heads.
+    attention (str): "linear" or "softmax".
+    causal (bool): causal attention (enables step / init_state).
+    mlp_ratio (float): hidden width of the MLP / d_model.
+    dropout (float): dropout on the attention and MLP outputs.
+    **attention_kwargs: passed to the attention module (feature_map, chunk_size, ...).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, *, attention: str = "linear", causal: bool = False,
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, **attention_kwargs):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = make_attention(attention, d_model, n_heads, causal=causal, **attention_kwargs)
+        self.ln2 = nn.LayerNorm(d_model)
+        hidden = max(1, int(round(mlp_ratio * d_model)))
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+        self.drop = nn.Dropout(dropout)
+        self.causal = causal
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, state=None, return_state: bool = False):
+        """x (Tensor): (B, T, d_model). RETURNS: (B, T, d_model) [, state]."""
+        res = self.attn(self.ln1(x), mask, state=state, return_state=return_state) \
+            if (state is not None or return_state) else self.attn(self.ln1(x), mask)
+        a, new_state = res if return_state else (res, None)
+        x = x + self.drop(a)
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return (x, new_state) if return_state else x
+
+    def init_state(self, batch: int, device=None):
+        return self.attn.init_state(batch, device=device)
+
+    def step(self, x_t: Tensor, state, mask_t: Optional[Tensor] = None):
+        """x_t (Tensor): (B, d_model). RETURNS: (y_t, state)."""
+        a, state = self.attn.step(self.ln1(x_t), state, mask_t)
+        x_t = x_t + self.drop(a)
+        x_t = x_t + self.drop(self.mlp(self.ln2(x_t)))
+        return x_t, state
+
+
+@dataclass
+class StackState:
+    """Per-layer attention states and the number of positions consumed (for the positions)."""
+
+    layers: List
+    position: int = 0
+
+    def index_select(self, index: Tensor) -> "StackState":
+        return StackState([s.index_select(index) for s in self.layers], self.position)
+
+
+def sinusoidal_positions(start: int, length: int, d_model: int, device=None, dtype=torch.float32) -> Tensor:
+    """Transformer sinusoidal position encodings for positions start … start+length-1."""
+    pos = torch.arange(start, start + length, device=device, dtype=torch.float32).unsqueeze(1)
+    half = (d_model + 1) // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
+    ang = pos * freq
+    pe = torch.cat([ang.sin(), ang.cos()], dim=1)[:, :d_model]
+    return pe.to(dtype)
+
+
+class AttentionStack(nn.Module):
+    """A stack of TransformerBlocks with an optional final LayerNorm and positions.
+
+    n_layers (int): number of blocks.
+    d_model, n_heads, attention, causal, mlp_ratio, dropout, **attention_kwargs: per block.
+    positions (str): "none" or "sinusoidal" (added to the input; no length limit).
+    final_norm (bool): a LayerNorm after the last block.
+    """
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, *, attention: str = "linear",
+                 causal: bool = False, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 positions: str = "none", final_norm: bool = True, **attention_kwargs):
+        super().__init__()
+        if positions not in ("none", "sinusoidal"):
+            raise AttentionShapeError(f"positions must be 'none' or 'sinusoidal', not {positions!r}")
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, n_heads, attention=attention, causal=causal, mlp_ratio=mlp_ratio,
+                             dropout=dropout, **attention_kwargs)
+            for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d_model) if final_norm else None
+        self.positions = positions
+        self.d_model = d_model
+        self.causal = causal
+        self.attention = attention
+
+    def _add_positions(self, x: Tensor, start: int) -> Tensor:
+        if self.positions == "none":
+            return x
+        pe = sinusoidal_positions(start, x.shape[1], self.d_model, device=x.device, dtype=x.dtype)
+        return x + pe
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, state: Optional[StackState] = None,
+                return_state: bool = False):
+        """x (Tensor): (B, T, d_model). mask (Optional[Tensor]): (B, T) bool.
+        state / return_state: causal only; continue after / return a StackState.
+        RETURNS: (B, T, d_model) [, StackState].
+        """
+        start = 0 if state is None else state.position
+        x = self._add_positions(x, start)
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            if state is not None or return_state:
+                x, s = block(x, mask, state=None if state is None else state.layers[i], return_state=True)
+                new_states.append(s)
+            else:
+                x = block(x, mask)
+        if self.norm is not None:
+            x = self.norm(x)
+        if return_state:
+            return x, StackState(new_states, start + x.shape[1])
+        return x
+
+    def init_state(self, batch: int, device=None) -> StackState:
+        return StackState([b.init_state(batch, device=device) for b in self.blocks], 0)
+
+    def step(self, x_t: Tensor, state: StackState, mask_t: Optional[Tensor] = None):
+        """x_t (Tensor): (B, d_model). RETURNS (Tuple[Tensor, StackState]): y_t, the new state."""
+        if self.positions != "none":
+            x_t = x_t + sinusoidal_positions(state.position, 1, self.d_model, device=x_t.device,
+                                             dtype=x_t.dtype)[0]
+        layers = []
+        for block, s in zip(self.blocks, state.layers):
+            x_t, s = block.step(x_t, s, mask_t)
+            layers.append(s)
+        if self.norm is not None:
+            x_t = self.norm(x_t)
+        return x_t, StackState(layers, state.position + 1)

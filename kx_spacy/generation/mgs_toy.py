@@ -337,6 +337,10 @@ def compare_methods(
     batch_size: int = 32,
     width: int = 48,
     parameters: Sequence[str] = (),
+    candidate_scale: float = 1.0,
+    zero_candidate: bool = False,
+    min_len: int = 3,
+    max_len: int = 8,
     progress: Optional[Any] = None,
 ) -> Dict[str, Any]:
     """MLE start → each method's fine-tune, per seed; held-out figures and their spread.
@@ -358,8 +362,8 @@ def compare_methods(
     task_loss = losses[task_loss_name]
     runs = []
     for seed in seeds:
-        train_pairs = make_pairs(n_train, seed=1000 + seed)
-        dev_pairs = make_pairs(n_dev, seed=2000 + seed)
+        train_pairs = make_pairs(n_train, seed=1000 + seed, min_len=min_len, max_len=max_len)
+        dev_pairs = make_pairs(n_dev, seed=2000 + seed, min_len=min_len, max_len=max_len)
         torch.manual_seed(seed)
         start_model = make_toy_model(width=width, seed=seed)
         t0 = time.perf_counter()
@@ -374,7 +378,8 @@ def compare_methods(
             model = copy.deepcopy(start_model)
             torch.manual_seed(seed + 100)
             config = MGSConfig(method=method, num_candidates=num_candidates, beta=beta, seed=seed,
-                               mle_mix=mle_mix if method != "mle" else 0.0, parameters=list(parameters))
+                               mle_mix=mle_mix if method != "mle" else 0.0, parameters=list(parameters),
+                               candidate_scale=candidate_scale, zero_candidate=zero_candidate)
             cost = finetune(model, train_pairs, config=config, task_loss=task_loss,
                             steps=finetune_steps, lr=lr, batch_size=batch_size, seed=seed)
             row = {"seed": seed, "method": method}
@@ -396,5 +401,7 @@ def compare_methods(
                     n_dev=n_dev, mle_steps=mle_steps, finetune_steps=finetune_steps,
                     num_candidates=num_candidates, beta=beta, lr=lr, mle_mix=mle_mix,
                     batch_size=batch_size, width=width, parameters=list(parameters),
+                    candidate_scale=candidate_scale, zero_candidate=zero_candidate, min_len=min_len,
+                    max_len=max_len,
                     torch_threads=torch.get_num_threads())
     return {"settings": settings, "runs": runs, "summary": summary}

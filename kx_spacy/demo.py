@@ -7,7 +7,11 @@ transformer pipe in each.
 """
 from __future__ import annotations
 
+import html
+from contextlib import nullcontext
 from typing import Optional
+
+from .demo_page import DemoPage, add_html, set_current
 
 EN_TEXT = "The quick brown fox jumps over the lazy dog. I liked this movie very much."
 ZH_TEXT = "我爱北京天安门。今天天气很好，我们去公园散步。"
@@ -47,6 +51,8 @@ def _demo_perturbed(en, zh) -> None:
     print(f"English: {en.pipe_names}; one tree per doc.sents (none set here: the doc is one sentence)")
     print("  " + " ".join(f"{t.text}<-{t.head.text if t.head.i != t.i else 'ROOT'}" for t in doc))
     print(f"  doc._.kx_parse: {doc._.kx_parse}")
+    add_html(spacy.displacy.render(doc, style="dep", jupyter=False, options={"compact": True, "distance": 90}),
+             "kx_parser on the English demo sentence (displaCy)")
     # The segmenter must run before the transformer: a new zh pipeline whose transformer
     # loads the same encoder weights as the demo's Chinese pipeline.
     encoder = zh.config["components"]["transformer"]["model"]["name"]
@@ -57,6 +63,7 @@ def _demo_perturbed(en, zh) -> None:
     words = [t.text for t in seg(ZH_TEXT)]
     print(f"Chinese: {seg.pipe_names}; calibrated threshold (each line's 60th percentile of pair impacts)")
     print("  " + " / ".join(words))
+    add_html(" / ".join(html.escape(w) for w in words), "kx_segmenter on the Chinese demo line")
 
 
 def _demo_attribution(en, zh) -> None:
@@ -80,19 +87,32 @@ def _demo_attribution(en, zh) -> None:
         f"{len(train)} demo sentences (loss {loss:.3f}), not on SST-2: `spacy project run "
         f"train-textcat` trains the real one."
     )
+    from .attribution.render import render_attributions
+
+    docs = []
     for text in ("I liked this movie very much.", "The plot was boring but the music was wonderful."):
         doc = en(text)
+        docs.append(doc)
         for label, rec in doc._.kx_attributions.items():
             print(
                 f"  {text!r}: {label} F(x)={rec['f_x']:.3f} F(x')={rec['f_baseline']:.3f} "
                 f"completeness error {rec['error']:.2e} ({rec['error_kind']}) in {rec['steps']} steps"
             )
             print("   " + " ".join(f"{t.text}:{t._.kx_attribution:+.3f}" for t in doc))
+    add_html(render_attributions(docs, title="kx_attributor: integrated gradients per token"))
 
 
-def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] = None) -> None:
+def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] = None,
+             html_path: Optional[str] = None) -> None:
+    """Build the demo pipelines, run every section; with ``html_path`` also write one page."""
     from .encoders import chinese_encoder_path, english_encoder_path
     from .testing import make_pipeline
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # e.g. "weights not initialised: pooler": expected, not news
+    page = DemoPage("kx_spacy demo") if html_path else None
+    set_current(page)
 
     en_name = english_encoder_path(english_model)
     zh_name = chinese_encoder_path(chinese_model)
@@ -106,4 +126,8 @@ def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] =
         ("Integrated gradients: kx_attributor", _demo_attribution),
     ):
         _heading(title)
-        section(en, zh)
+        with page.section(title) if page else nullcontext():
+            section(en, zh)
+    if page:
+        set_current(None)
+        print(f"\nDemo page written to {page.write(html_path)}")

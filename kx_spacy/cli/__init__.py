@@ -26,6 +26,7 @@ from . import pipelines  # noqa: E402,F401
 from . import evaluate_perturbed  # noqa: E402,F401
 from . import bench_perturbed  # noqa: E402,F401
 from . import attribution  # noqa: E402,F401
+from . import linear_attention  # noqa: E402,F401
 from . import annotate  # noqa: E402,F401
 from . import mgs  # noqa: E402,F401
 

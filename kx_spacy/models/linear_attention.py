@@ -675,16 +675,18 @@ class KVCache:
 
     k (Tensor): (batch, heads, capacity, head dim). v (Tensor): (batch, heads, capacity, value dim).
     valid (Tensor): (batch, capacity) bool, False for padding steps. length (int): positions used.
+    all_valid (bool): no padding step so far (decoding then needs no mask).
     """
 
     k: Tensor
     v: Tensor
     valid: Tensor
     length: int = 0
+    all_valid: bool = True
 
     def index_select(self, index: Tensor) -> "KVCache":
         return KVCache(self.k.index_select(0, index), self.v.index_select(0, index),
-                       self.valid.index_select(0, index), self.length)
+                       self.valid.index_select(0, index), self.length, self.all_valid)
 
 
 class SoftmaxAttention(_Projections):
@@ -734,8 +736,10 @@ class SoftmaxAttention(_Projections):
         y = self.out_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.value_dim))
         if return_state:
             cache = self.init_state(b, device=x.device, capacity=t)
-            cache = self._append(cache, k, v, mask if mask is not None else
-                                 torch.ones(b, t, dtype=torch.bool, device=x.device))
+            if mask is None:
+                cache = self._append(cache, k, v, torch.ones(b, t, dtype=torch.bool, device=x.device), True)
+            else:
+                cache = self._append(cache, k, v, mask, bool(mask.all()))
             return y, cache
         return y
 
@@ -766,7 +770,7 @@ class SoftmaxAttention(_Projections):
         )
 
     @staticmethod
-    def _append(cache: KVCache, k: Tensor, v: Tensor, valid: Tensor) -> KVCache:
+    def _append(cache: KVCache, k: Tensor, v: Tensor, valid: Tensor, all_valid: bool = False) -> KVCache:
         n = k.shape[2]
         need = cache.length + n
         ck, cv, cvalid = cache.k, cache.v, cache.valid
@@ -779,7 +783,7 @@ class SoftmaxAttention(_Projections):
         ck[:, :, cache.length:need] = k.to(ck.dtype)
         cv[:, :, cache.length:need] = v.to(cv.dtype)
         cvalid[:, cache.length:need] = valid
-        return KVCache(ck, cv, cvalid, need)
+        return KVCache(ck, cv, cvalid, need, cache.all_valid and all_valid)
 
     def step(self, x_t: Tensor, state: KVCache, mask_t: Optional[Tensor] = None) -> Tuple[Tensor, KVCache]:
         """One decoding step over the cache. x_t (Tensor): (B, d_model).
@@ -791,10 +795,10 @@ class SoftmaxAttention(_Projections):
         b = x_t.shape[0]
         valid = (torch.ones(b, dtype=torch.bool, device=x_t.device) if mask_t is None
                  else mask_t.to(device=x_t.device, dtype=torch.bool))
-        state = self._append(state, k.unsqueeze(2), v.unsqueeze(2), valid.unsqueeze(1))
+        state = self._append(state, k.unsqueeze(2), v.unsqueeze(2), valid.unsqueeze(1), mask_t is None)
         n = state.length
         keys, values = state.k[:, :, :n], state.v[:, :, :n]
-        if mask_t is None and bool(state.valid[:, :n].all()):
+        if state.all_valid:
             o = F.scaled_dot_product_attention(q.unsqueeze(2), keys.to(q.dtype), values.to(q.dtype))
         else:
             allowed = state.valid[:, :n]

@@ -45,6 +45,7 @@ def pretrain_mlm_cli(
             f"✔ {output_dir}: {manifest['parameters']:,} parameters, vocab {manifest['vocab_size']}, "
             f"{manifest['corpus']['total_chars']:,} characters from {len(manifest['corpus']['files'])} files\n"
             f"  steps {manifest['steps']}  time {manifest['time_s']} s  tokens/s {manifest['tokens_per_s']:,.0f}\n"
-            f"  held-out MLM loss {fin['heldout_loss']:.4f}  accuracy {fin['heldout_acc']:.4f} "
-            f"({fin['heldout_tokens']} masked tokens)"
+            + (f"  held-out MLM loss {fin['heldout_loss']:.4f}  accuracy {fin['heldout_acc']:.4f} "
+               f"({fin['heldout_tokens']} masked tokens)" if fin["heldout_tokens"] else
+               f"  no held-out loss: {manifest['heldout'].get('note', 'no held-out text')}")
         )

@@ -137,7 +137,7 @@ def validate_config(cfg: Dict) -> None:
         raise PretrainConfigError("training.max_length exceeds model.max_position")
     if t["schedule"] not in ("linear", "cosine", "constant"):
         raise PretrainConfigError(f"training.schedule {t['schedule']!r}: use linear, cosine or constant")
-    if t["precision"] not in ("auto", "fp32", "bf16"):
-        raise PretrainConfigError(f"training.precision {t['precision']!r}: use auto, fp32 or bf16")
+    if t["precision"] not in ("auto", "fp32", "bf16", "fp16"):
+        raise PretrainConfigError(f"training.precision {t['precision']!r}: use auto, fp32, bf16 or fp16 (GPU only)")
     if t["save_dtype"] not in ("float32", "float16", "bfloat16"):
         raise PretrainConfigError(f"training.save_dtype {t['save_dtype']!r}: use float32, float16 or bfloat16")

@@ -1,5 +1,6 @@
 """Errors of the pretraining workflow (all subclasses of :class:`kx_spacy.errors.KxError`)."""
 from ..errors import KxError
+from ..training.errors import CheckpointMismatchError  # noqa: F401  (one class for every kx loop)
 
 
 class PretrainError(KxError):
@@ -18,8 +19,6 @@ class VocabSizeError(PretrainError):
     """The requested vocabulary is larger than the training text supports."""
 
 
-class CheckpointMismatchError(PretrainError):
-    """``--resume`` found a checkpoint written under a different configuration."""
 
 
 class PretrainConfigError(PretrainError):

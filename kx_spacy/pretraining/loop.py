@@ -1,109 +1,47 @@
-"""The MLM pretraining loop: streaming data, AdamW, warm-up + decay, clipping, DDP, checkpoints.
+"""MLM pretraining as a task on the training engine (:mod:`kx_spacy.training`).
 
-Run in one process, or under ``torchrun`` (one process per device; gloo on CPU, nccl on GPU):
-every rank reads the same stream and keeps every ``world_size``-th packed sequence.
+This module holds what is specific to masked-LM pretraining: the corpus stream, the vocabulary,
+the masking objective, the held-out evaluation and the final model folder with its manifest.
+The loop itself (precision, ``torchrun`` data parallelism, clipping, schedule, NaN guard,
+checkpoints and resume, progress, metrics log) is the engine's. Under ``torchrun`` every rank
+reads the same stream and keeps every ``world_size``-th packed sequence.
 """
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import platform
 import shutil
-import time
+import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from .checkpoint import (
-    check_identity, config_identity, identity_hash, load_checkpoint, replace_dir, save_checkpoint,
+from ..training.checkpoint import (
+    CHECKPOINT_NAME, IDENTITY_FILE, check_identity, file_identity, has_checkpoint, normalize_identity, replace_dir,
 )
-from .corpus import Corpus, CorpusStats, is_heldout
-from .errors import PretrainConfigError
+from .corpus import Corpus, CorpusStats, Source, is_heldout
+from .errors import CorpusError, PretrainConfigError, VocabSizeError
 from .masking import MLMCollator, ShuffleBuffer, pack_sequences
 from .model import build_mlm
 from .vocab import build_vocab, save_tokenizer
 
 MANIFEST_NAME = "kx_pretrain_manifest.json"
+CORPUS_STATS_FILE = "kx_corpus_stats.json"
+# Settings that decide the shape / meaning of the weights: a checkpoint made under other values
+# cannot be resumed. Training settings (steps, learning rate…) may change between runs.
+IDENTITY_SECTIONS = ("model", "vocab")
+IDENTITY_TRAINING_KEYS = ("max_length",)
 
 
-# ---- distributed helpers ---------------------------------------------------------------------
-
-class _Dist:
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-
-    def init(self, device_type: str) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def any_true(self, flag: bool) -> bool:
-        if not self.enabled:
-            return flag
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
-    def broadcast_obj(self, obj):
-        if not self.enabled:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def close(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def uses_bf16(precision: str, device_type: str) -> bool:
-    """bf16 autocast: "auto" means yes on a GPU; on the CPU only when asked ("bf16"), as it
-    pays only on CPUs with bf16 matrix units (AMX, AVX512-BF16)."""
-    return precision == "bf16" or (device_type == "cuda" and precision == "auto")
-
-
-def lr_factor(step: int, warmup_steps: int, progress: float, schedule: str, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warm-up over ``warmup_steps`` steps times a decay.
-
-    step (int): optimizer steps done so far.
-    warmup_steps (int): length of the linear warm-up (0: none).
-    progress (float): fraction of the run done, in [0, 1] (steps or time, whichever is larger).
-    schedule (str): "linear" or "cosine" decay to ``min_ratio`` at progress 1, or "constant".
-    RETURNS (float): the multiplier of the peak learning rate.
-    """
-    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    progress = min(max(progress, 0.0), 1.0)
-    if schedule == "constant":
-        decay = 1.0
-    elif schedule == "cosine":
-        decay = min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        decay = min_ratio + (1.0 - min_ratio) * (1.0 - progress)
-    return warm * decay
+def config_identity(config: Dict, sources: Sequence[Source]) -> Dict:
+    """The part of a pretraining run that a checkpoint must match to be resumed: the model and
+    vocabulary settings, the sequence length, and every corpus file by resolved path and digest."""
+    ident = {k: config.get(k, {}) for k in IDENTITY_SECTIONS}
+    ident["training"] = {k: config.get("training", {}).get(k) for k in IDENTITY_TRAINING_KEYS}
+    ident["corpus"] = [{"reader": s.reader, "options": s.options, "files": [file_identity(f) for f in s.files()]}
+                       for s in sources]
+    return normalize_identity(ident)
 
 
 class _MLMObjective:
@@ -140,13 +78,80 @@ def _text_ids(tokenizer, texts: Iterator[str], chunk: int) -> Iterator[List[int]
         yield from enc
 
 
+class MLMTask:
+    """Masked-LM pretraining as an engine task (see :mod:`kx_spacy.training`).
+
+    model (BertForMaskedLM): the model to train. tokenizer: its fast tokenizer.
+    train_texts (Callable[[], Iterator[str]]): a fresh pass over the training texts.
+    training (Dict): the ``[training]`` section. heldout (List[Dict]): the collated held-out batches.
+    rank (int): this process's rank (seeds its masking generator).
+    """
+
+    def __init__(self, model, tokenizer, train_texts, training: Dict, heldout: List[Dict], rank: int = 0):
+        import torch
+
+        self.module = _MLMObjective.make(model)
+        self.tokenizer, self.train_texts, self.t, self.heldout = tokenizer, train_texts, training, heldout
+        tok = tokenizer
+        self.collator = MLMCollator(
+            vocab_size=len(tok), mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+            special_ids=tok.all_special_ids, mlm_probability=training["mlm_probability"],
+            mask_ratio=training["mask_ratio"], random_ratio=training["random_ratio"],
+        )
+        self.gen = torch.Generator().manual_seed(training["seed"] * 7919 + rank)
+
+    def batches(self, epoch: int, rank: int, world: int) -> Iterator[List[List[int]]]:
+        """One epoch of this rank's packed sequences, shuffled in a buffer, in batches."""
+        from ..training.distributed import shard
+
+        t = self.t
+        ids = _text_ids(self.tokenizer, self.train_texts(), t["tokenize_chunk"])
+        packed = pack_sequences(ids, max_length=t["max_length"], cls_id=self.tokenizer.cls_token_id,
+                                sep_id=self.tokenizer.sep_token_id)
+        shuffle = ShuffleBuffer(t["shuffle_buffer"], seed=t["seed"] * 100003 + epoch * 1009 + rank)
+        it = shuffle(shard(packed, rank, world))
+        while True:
+            batch = list(itertools.islice(it, t["batch_size"]))
+            if not batch:
+                return
+            yield batch
+
+    def loss(self, module, seqs):
+        device = next(self.module.parameters()).device
+        batch = self.collator(seqs, self.gen)
+        loss, _, _ = module(*(batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")))
+        return loss, {}
+
+    def items(self, seqs) -> int:
+        return sum(len(s) for s in seqs)
+
+    def evaluate(self, module) -> Dict:
+        """Held-out MLM loss (mean over masked tokens) and accuracy (nan / 0 tokens without held-out text)."""
+        if not self.heldout:
+            return {"heldout_loss": float("nan"), "heldout_acc": float("nan"), "heldout_tokens": 0}
+        device = next(module.parameters()).device
+        tot_loss, tot_ok, tot_n = 0.0, 0, 0
+        for b in self.heldout:
+            loss, ok, n = module(b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device))
+            tot_loss += float(loss) * n
+            tot_ok += int(ok)
+            tot_n += n
+        return {"heldout_loss": tot_loss / max(1, tot_n), "heldout_acc": tot_ok / max(1, tot_n), "heldout_tokens": tot_n}
+
+    def state_dict(self) -> Dict:
+        return {"masking_generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.gen.set_state(state["masking_generator"])
+
+
 class Pretrainer:
     """Everything one pretraining run needs, from config to the final model folder.
 
     config (Dict): a config from :func:`kx_spacy.pretraining.config.load_config`.
     output_dir (Path): the final Hugging Face model folder (written atomically at the end).
     checkpoint_dir (Optional[Path]): where checkpoints go (default: ``<output>.checkpoints``).
-    resume (bool): continue from the checkpoint there (its config must match).
+    resume (bool): continue from the checkpoint there (its config and corpus files must match).
     extra_sources (Sequence[str]): more corpus files / globs (``path`` or ``reader:path``).
     metrics_path (Optional[Path]): also write the manifest here.
     progress (bool): show a tqdm progress bar (main process only).
@@ -157,6 +162,8 @@ class Pretrainer:
         resume: bool = False, extra_sources: Sequence[str] = (), metrics_path: Optional[Path] = None,
         progress: bool = True,
     ):
+        from ..training.distributed import DistContext
+
         self.cfg = config
         self.output_dir = Path(output_dir)
         self.ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else self.output_dir.with_name(self.output_dir.name + ".checkpoints")
@@ -168,14 +175,12 @@ class Pretrainer:
             raise PretrainConfigError("No corpus: give [corpus.sources.*] in the config or input files")
         self.corpus = Corpus(sources, on_invalid=config["corpus"]["on_invalid"],
                              min_chars=config["corpus"]["min_chars"])
-        self.identity = config_identity(config)
-        self.identity["corpus_extra"] = [str(s) for s in extra_sources]
-        self.dist = _Dist()
+        self.dist = DistContext()
 
     # -- data --------------------------------------------------------------------------------
     def _train_texts(self, stats: Optional[CorpusStats] = None, held: Optional[Dict] = None) -> Iterator[str]:
         every = self.cfg["corpus"]["heldout_every"]
-        for text in self.corpus.iter_texts(stats):
+        for text in self.corpus.iter_texts(stats if stats is not None else CorpusStats()):
             if is_heldout(text, every):
                 if held is not None:
                     held["texts"] += 1
@@ -194,212 +199,6 @@ class Pretrainer:
                     break
         return out
 
-    def _sequences(self, epoch: int) -> Iterator[List[int]]:
-        t = self.cfg["training"]
-        ids = _text_ids(self.tokenizer, self._train_texts(CorpusStats()), t["tokenize_chunk"])
-        packed = pack_sequences(ids, max_length=t["max_length"], cls_id=self.tokenizer.cls_token_id,
-                                sep_id=self.tokenizer.sep_token_id)
-        mine = itertools.islice(packed, self.dist.rank, None, self.dist.world)
-        shuffle = ShuffleBuffer(t["shuffle_buffer"], seed=t["seed"] * 100003 + epoch * 1009 + self.dist.rank)
-        return shuffle(mine)
-
-    def _batches(self, epoch: int, skip: int) -> Iterator[tuple]:
-        """Yield (epoch, sequences consumed in that epoch, batch), forever."""
-        bs = self.cfg["training"]["batch_size"]
-        while True:
-            it = self._sequences(epoch)
-            if skip:
-                for _ in itertools.islice(it, skip):
-                    pass
-            done = skip
-            got_any = False
-            while True:
-                batch = list(itertools.islice(it, bs))
-                if not batch:
-                    break
-                got_any = True
-                done += len(batch)
-                yield epoch, done, batch
-            if not got_any and skip == 0:
-                raise PretrainConfigError("The training stream is empty (every text went to the held-out slice?)")
-            epoch, skip = epoch + 1, 0
-
-    # -- main --------------------------------------------------------------------------------
-    def run(self) -> Dict:
-        import torch
-
-        t = self.cfg["training"]
-        use_cuda = torch.cuda.is_available() and t["precision"] != "cpu" and os.environ.get("KX_FORCE_CPU") != "1"
-        device = torch.device(f"cuda:{self.dist.local_rank}" if use_cuda else "cpu")
-        self.dist.device = device
-        if use_cuda:
-            torch.cuda.set_device(device)
-        elif t.get("num_threads"):
-            torch.set_num_threads(int(t["num_threads"]))
-        self.dist.init(device.type)
-        fresh_ckpt = not self.ckpt_dir.exists()
-        try:
-            return self._run(device)
-        except BaseException:
-            # leave nothing half-written: a checkpoint folder this run created holds no checkpoint
-            if self.dist.main and fresh_ckpt and not (self.ckpt_dir / "checkpoint.pt").exists():
-                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-            raise
-        finally:
-            self.dist.close()
-
-    def _prepare_vocab(self, state: Optional[Dict]) -> Dict:
-        """Build (or reload) the tokenizer; RETURNS the corpus statistics of the full pass."""
-        from transformers import BertTokenizerFast
-
-        tok_dir = self.ckpt_dir / "tokenizer"
-        v = self.cfg["vocab"]
-        info = None
-        if self.dist.main:
-            if state is not None and tok_dir.exists():
-                info = state["corpus_stats"]
-            else:
-                stats = CorpusStats()
-                held = {"texts": 0, "chars": 0}
-                vocab = build_vocab(v["kind"], self._train_texts(stats, held), vocab_size=v["vocab_size"],
-                                    min_count=v["min_count"], lowercase=v["lowercase"])
-                tmp = self.ckpt_dir / "tokenizer.tmp"
-                if tmp.exists():
-                    shutil.rmtree(tmp)
-                save_tokenizer(vocab, tmp, lowercase=v["lowercase"], model_max_length=self.cfg["model"]["max_position"])
-                if tok_dir.exists():
-                    shutil.rmtree(tok_dir)
-                os.replace(tmp, tok_dir)
-                info = stats.to_dict()
-                info["heldout_texts"], info["heldout_chars"] = held["texts"], held["chars"]
-                info["train_texts"] = info["total_texts"] - held["texts"]
-                info["train_chars"] = info["total_chars"] - held["chars"]
-        info = self.dist.broadcast_obj(info)
-        self.tokenizer = BertTokenizerFast.from_pretrained(str(tok_dir))
-        return info
-
-    def _run(self, device) -> Dict:
-        import torch
-        from tqdm import tqdm
-
-        t = self.cfg["training"]
-        self.corpus.check()
-        state = None
-        if self.dist.main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            if self.resume:
-                state = load_checkpoint(self.ckpt_dir)
-                if state is None:
-                    raise PretrainConfigError(f"--resume: no checkpoint in {self.ckpt_dir}")
-                check_identity(state["identity"], self.identity, self.ckpt_dir)
-            elif (self.ckpt_dir / "checkpoint.pt").exists():
-                # a fresh run must not mix with an old one's files
-                shutil.rmtree(self.ckpt_dir)
-                self.ckpt_dir.mkdir(parents=True)
-        self.dist.barrier()
-        if self.resume and not self.dist.main:
-            state = load_checkpoint(self.ckpt_dir)
-        corpus_stats = self._prepare_vocab(state)
-        tok = self.tokenizer
-        model = build_mlm(self.cfg["model"], vocab_size=len(tok), pad_id=tok.pad_token_id, seed=t["seed"])
-        model.to(device)
-        objective = _MLMObjective.make(model)
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-        optim = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t["lr"], betas=tuple(t["betas"]), fused=device.type == "cuda",
-        )
-        step, epoch, seqs_done, tokens_seen, elapsed_before = 0, 0, 0, 0, 0.0
-        history: List[Dict] = []
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optim.load_state_dict(state["optimizer"])
-            step, epoch, seqs_done = state["step"], state["epoch"], state["seqs_done"]
-            tokens_seen, elapsed_before = state["tokens_seen"], state["elapsed"]
-            history = state.get("history", [])
-        train_obj = objective
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_obj = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
-        collator = MLMCollator(
-            vocab_size=len(tok), mask_id=tok.mask_token_id, pad_id=tok.pad_token_id,
-            special_ids=tok.all_special_ids, mlm_probability=t["mlm_probability"],
-            mask_ratio=t["mask_ratio"], random_ratio=t["random_ratio"],
-        )
-        heldout = self._heldout_batches(collator)
-        use_bf16 = uses_bf16(t["precision"], device.type)
-        gen = torch.Generator().manual_seed(t["seed"] * 7919 + step * 31 + self.dist.rank)
-        max_steps, max_time = t["max_steps"], t["max_time_minutes"]
-        max_time = float(max_time) * 60.0 if max_time else None
-        # a time-limited run shows steps done and their rate, not a step total it will not reach
-        bar = tqdm(total=None if max_time else max_steps, initial=step, unit="step", disable=not (self.progress and self.dist.main),
-                   desc="pretrain-mlm", dynamic_ncols=True, mininterval=2.0)
-        start = time.time()
-        win_tokens, win_start, loss_ema = 0, time.time(), None
-        batches = self._batches(epoch, seqs_done)
-        model.train()
-        stop = step >= max_steps
-        while not stop:
-            epoch, seqs_done, seqs = next(batches)
-            batch = {k: v.to(device, non_blocking=True) for k, v in collator(seqs, gen).items()}
-            elapsed = elapsed_before + time.time() - start
-            progress = step / max_steps
-            if max_time:
-                progress = max(progress, elapsed / max_time)
-            lr = t["lr"] * lr_factor(step, t["warmup_steps"], progress, t["schedule"], t["min_lr_ratio"])
-            for group in optim.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, _, _ = train_obj(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            from ..training.clipping import clip_gradients
-
-            gnorm = clip_gradients(model.parameters(), t["clip_mode"], t["clip_threshold"])
-            if math.isfinite(gnorm):
-                optim.step()
-            step += 1
-            n_tok = int(batch["attention_mask"].sum())
-            tokens_seen += n_tok * self.dist.world
-            win_tokens += n_tok * self.dist.world
-            lv = float(loss.detach())
-            loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-            now = time.time()
-            if now - win_start > 5:
-                tps = win_tokens / (now - win_start)
-                win_tokens, win_start = 0, now
-                bar.set_postfix(loss=f"{loss_ema:.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}", ep=epoch)
-            bar.update(1)
-            elapsed = elapsed_before + time.time() - start
-            stop = step >= max_steps or (max_time is not None and elapsed >= max_time)
-            if max_time is not None:
-                stop = self.dist.any_true(stop)
-            if t["eval_every"] and (step % t["eval_every"] == 0 or stop):
-                ev = self.evaluate(model, heldout, use_bf16, device)
-                ev.update(step=step, train_loss_ema=loss_ema, elapsed_s=round(elapsed, 1), tokens_seen=tokens_seen)
-                history.append(ev)
-                if self.dist.main:
-                    bar.write(f"step {step}: held-out loss {ev['heldout_loss']:.4f} acc {ev['heldout_acc']:.4f}")
-            if self.dist.main and t["checkpoint_every"] and (step % t["checkpoint_every"] == 0 or stop):
-                save_checkpoint(self.ckpt_dir, {
-                    "identity": self.identity, "identity_hash": identity_hash(self.identity),
-                    "model": model.state_dict(), "optimizer": optim.state_dict(), "step": step,
-                    "epoch": epoch, "seqs_done": seqs_done, "tokens_seen": tokens_seen,
-                    "elapsed": elapsed, "history": history, "corpus_stats": corpus_stats,
-                })
-            self.dist.barrier() if (t["checkpoint_every"] and step % t["checkpoint_every"] == 0) else None
-        bar.close()
-        elapsed = elapsed_before + time.time() - start
-        final = self.evaluate(model, heldout, use_bf16, device)
-        manifest = None
-        if self.dist.main:
-            manifest = self._finish(model, final, corpus_stats, history, step, epoch, tokens_seen, elapsed, device)
-        self.dist.barrier()
-        return manifest
-
     def _heldout_batches(self, collator) -> List[Dict]:
         import torch
 
@@ -414,26 +213,127 @@ class Pretrainer:
         bs = t["batch_size"]
         return [collator(seqs[i:i + bs], gen) for i in range(0, len(seqs), bs)]
 
-    def evaluate(self, model, batches: List[Dict], use_bf16: bool, device) -> Dict:
-        """Held-out MLM loss (mean over masked tokens) and accuracy."""
+    def _prepare_vocab(self, resuming: bool) -> Dict:
+        """Build (or reload) the tokenizer; RETURNS the corpus statistics of the full pass."""
+        from transformers import BertTokenizerFast
+
+        tok_dir = self.ckpt_dir / "tokenizer"
+        v = self.cfg["vocab"]
+        every = self.cfg["corpus"]["heldout_every"]
+        info = None
+        if self.dist.is_main:
+            if resuming and (tok_dir / CORPUS_STATS_FILE).exists():
+                info = json.loads((tok_dir / CORPUS_STATS_FILE).read_text(encoding="utf-8"))
+            else:
+                stats = CorpusStats()
+                held = {"texts": 0, "chars": 0}
+                try:
+                    vocab = build_vocab(v["kind"], self._train_texts(stats, held), vocab_size=v["vocab_size"],
+                                        min_count=v["min_count"], lowercase=v["lowercase"])
+                except VocabSizeError:
+                    if held["texts"] and stats.texts == held["texts"]:
+                        raise CorpusError(
+                            f"Every text of the corpus ({held['texts']} of {stats.texts}) fell in the held-out "
+                            f"slice, so nothing is left to train on: texts are held out by a hash of their "
+                            f"content (1 in corpus.heldout_every = {every}), and this corpus has too few "
+                            f"distinct texts ({len(set(self._heldout_texts()))} distinct). Give more varied "
+                            "text, or set corpus.heldout_every = 0 (no held-out evaluation)."
+                        ) from None
+                    raise
+                info = stats.to_dict()
+                info["heldout_texts"], info["heldout_chars"] = held["texts"], held["chars"]
+                info["train_texts"] = info["total_texts"] - held["texts"]
+                info["train_chars"] = info["total_chars"] - held["chars"]
+                tmp = self.ckpt_dir / "tokenizer.tmp"
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                save_tokenizer(vocab, tmp, lowercase=v["lowercase"], model_max_length=self.cfg["model"]["max_position"])
+                (tmp / CORPUS_STATS_FILE).write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+                replace_dir(tmp, tok_dir)
+        info = self.dist.broadcast_object(info)
+        self.tokenizer = BertTokenizerFast.from_pretrained(str(tok_dir))
+        return info
+
+    # -- main --------------------------------------------------------------------------------
+    def run(self) -> Optional[Dict]:
+        from ..training.precision import resolve_device
+
+        device = resolve_device(None, self.dist.local_rank)
+        self.dist.init(device)
+        fresh_ckpt = not self.ckpt_dir.exists()
+        try:
+            return self._run(device)
+        except BaseException:
+            # leave nothing half-written: a checkpoint folder this run created holds no checkpoint
+            if self.dist.is_main and fresh_ckpt and not has_checkpoint(self.ckpt_dir):
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            raise
+        finally:
+            self.dist.close()
+
+    def _run(self, device) -> Optional[Dict]:
         import torch
 
-        if not batches:
-            return {"heldout_loss": float("nan"), "heldout_acc": float("nan"), "heldout_tokens": 0}
-        obj = _MLMObjective.make(model)
-        was = model.training
-        model.eval()
-        tot_loss, tot_ok, tot_n = 0.0, 0, 0
-        with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            for b in batches:
-                loss, ok, n = obj(b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device))
-                tot_loss += float(loss) * n
-                tot_ok += int(ok)
-                tot_n += n
-        model.train(was)
-        return {"heldout_loss": tot_loss / max(1, tot_n), "heldout_acc": tot_ok / max(1, tot_n), "heldout_tokens": tot_n}
+        from ..training.engine import Trainer, TrainingConfig
+        from ..training.schedules import WarmupDecay
 
-    def _finish(self, model, final, corpus_stats, history, step, epoch, tokens_seen, elapsed, device) -> Dict:
+        t = self.cfg["training"]
+        self.corpus.check()
+        identity = config_identity(self.cfg, self.corpus.sources)
+        if self.dist.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume:
+                if not has_checkpoint(self.ckpt_dir):
+                    raise PretrainConfigError(f"--resume: no checkpoint in {self.ckpt_dir}")
+                final = self.ckpt_dir / CHECKPOINT_NAME
+                if (final / IDENTITY_FILE).exists():
+                    check_identity(json.loads((final / IDENTITY_FILE).read_text(encoding="utf-8")), identity,
+                                   self.ckpt_dir)
+            elif has_checkpoint(self.ckpt_dir):
+                # a fresh run must not mix with an old one's files
+                shutil.rmtree(self.ckpt_dir)
+                self.ckpt_dir.mkdir(parents=True)
+        self.dist.barrier()
+        corpus_stats = self._prepare_vocab(self.resume)
+        tok = self.tokenizer
+        model = build_mlm(self.cfg["model"], vocab_size=len(tok), pad_id=tok.pad_token_id, seed=t["seed"])
+        task = MLMTask(model, tok, self._train_texts, t, [], rank=self.dist.rank)
+        task.heldout = self._heldout_batches(task.collator)
+        if not task.heldout and self.dist.is_main:
+            warnings.warn(
+                f"The corpus is too small for a held-out split: no text of {corpus_stats['total_texts']} fell "
+                f"in the held-out slice (1 in corpus.heldout_every = {self.cfg['corpus']['heldout_every']}, by "
+                "a hash of the text), so no held-out loss is reported (nan). Give more text or lower "
+                "corpus.heldout_every.", stacklevel=2)
+
+        def adamw(module):
+            decay, no_decay = [], []
+            for name, p in model.named_parameters():
+                (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+            return torch.optim.AdamW(
+                [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=t["lr"], betas=tuple(t["betas"]), fused=device.type == "cuda",
+            )
+
+        engine_cfg = TrainingConfig(
+            max_steps=t["max_steps"], max_time_minutes=t["max_time_minutes"], clip_mode=t["clip_mode"],
+            clip_threshold=t["clip_threshold"], precision=t["precision"], eval_every=t["eval_every"],
+            checkpoint_every=t["checkpoint_every"], seed=None, num_threads=t.get("num_threads"),
+            progress=self.progress, desc="pretrain-mlm",
+        )
+        schedule = lambda opt: WarmupDecay(opt, decay=t["schedule"], warmup_steps=t["warmup_steps"],  # noqa: E731
+                                           max_steps=t["max_steps"], min_lr_ratio=t["min_lr_ratio"])
+        trainer = Trainer(task, engine_cfg, output_dir=self.ckpt_dir, optimizer=adamw, scheduler=schedule,
+                          identity=identity, dist=self.dist)
+        result = trainer.run(resume=self.resume)
+        final = trainer.evaluate()
+        manifest = None
+        if self.dist.is_main:
+            manifest = self._finish(model, final, corpus_stats, result)
+        self.dist.barrier()
+        return manifest
+
+    def _finish(self, model, final, corpus_stats, result) -> Dict:
         import torch
         import transformers
 
@@ -448,24 +348,29 @@ class Pretrainer:
         to_save.save_pretrained(str(tmp), safe_serialization=True)
         self.tokenizer.save_pretrained(str(tmp))
         n_params = sum(p.numel() for p in model.parameters())
+        history = [{("tokens_seen" if k == "items_seen" else k): v for k, v in h.items()} for h in result.history]
+        heldout = {**self.heldout_info, "every": self.cfg["corpus"]["heldout_every"]}
+        if not self.heldout_info["sequences"]:
+            heldout["note"] = "no held-out text: the corpus is too small for corpus.heldout_every"
         manifest = {
             "kind": "kx_spacy pretrain-mlm",
             "output": str(self.output_dir),
             "corpus": corpus_stats,
-            "heldout": {**self.heldout_info, "every": self.cfg["corpus"]["heldout_every"]},
+            "heldout": heldout,
             "config": self.cfg,
             "vocab_size": len(self.tokenizer),
             "parameters": n_params,
-            "steps": step,
-            "epochs_started": epoch + 1,
-            "tokens_seen": tokens_seen,
-            "time_s": round(elapsed, 1),
-            "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
+            "steps": result.steps,
+            "epochs_started": result.epoch + 1,
+            "tokens_seen": result.items_seen,
+            "time_s": round(result.elapsed_s, 1),
+            "tokens_per_s": round(result.items_seen / max(result.elapsed_s, 1e-9), 1),
             "final": final,
             "history": history,
-            "world_size": self.dist.world,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "autocast": "bf16" if uses_bf16(t["precision"], device.type) else "fp32",
+            "bad_steps": result.bad_steps,
+            "world_size": result.world_size,
+            "device": result.device,
+            "autocast": result.precision,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "python": platform.python_version(),
@@ -478,7 +383,6 @@ class Pretrainer:
             mtmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
             os.replace(mtmp, self.metrics_path)
         return manifest
-
 
 def pretrain(config: Dict, output_dir: Path, **kwargs) -> Dict:
     """Run MLM pretraining; RETURNS the manifest (None on ranks other than 0).

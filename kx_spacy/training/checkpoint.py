@@ -51,6 +51,8 @@ def identity_diff(saved: Any, current: Any, prefix: str = "") -> List[str]:
         for k in sorted(set(saved) | set(current)):
             out += identity_diff(saved.get(k), current.get(k), f"{prefix}.{k}" if prefix else str(k))
         return out
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return [d for i, (a, b) in enumerate(zip(saved, current)) for d in identity_diff(a, b, f"{prefix}.{i}")]
     return [] if saved == current else [f"{prefix or '(identity)'}: checkpoint {saved!r} ≠ now {current!r}"]
 
 

@@ -190,11 +190,13 @@ class Trainer:
         self.precision = Precision.create(cfg.precision, self.device)
         if self.device.type == "cpu" and cfg.num_threads:
             torch.set_num_threads(int(cfg.num_threads))
+        caller_owns = self.dist.owns_group  # a group the caller set up outlives this run
         self.dist.init(self.device)
         try:
             return self._run(resume)
         finally:
-            self.dist.close()
+            if not caller_owns:
+                self.dist.close()
 
     def _setup(self, resume: bool) -> Optional[Dict]:
         task, dist = self.task, self.dist

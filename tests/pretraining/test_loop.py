@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -12,24 +13,14 @@ from kx_spacy.errors import KxError
 from kx_spacy.pretraining.errors import (
     CheckpointMismatchError, CorpusError, InvalidUTF8Error, PretrainConfigError, VocabSizeError,
 )
-from kx_spacy.pretraining.loop import MANIFEST_NAME, lr_factor, pretrain
+from kx_spacy.pretraining.corpus import is_heldout
+from kx_spacy.pretraining.loop import MANIFEST_NAME, MLMTask, Pretrainer, pretrain
 
 from .conftest import tiny_config, write_corpus
 
 
 def _run(cfg, corpus, out, **kw):
     return pretrain(cfg, out, extra_sources=[str(corpus)], progress=False, **kw)
-
-
-def test_lr_schedule_shapes():
-    assert lr_factor(0, 10, 0.0, "linear", 0.0) == pytest.approx(0.1)
-    assert lr_factor(9, 10, 0.0, "linear", 0.0) == pytest.approx(1.0)
-    assert lr_factor(50, 10, 0.5, "linear", 0.0) == pytest.approx(0.5)
-    assert lr_factor(50, 10, 0.5, "cosine", 0.0) == pytest.approx(0.5)
-    assert lr_factor(99, 10, 1.0, "cosine", 0.1) == pytest.approx(0.1)
-    assert lr_factor(99, 0, 0.3, "constant", 0.0) == 1.0
-    lin = [lr_factor(s, 10, s / 100, "linear", 0.0) for s in range(100)]
-    assert max(lin) == lin[9] and all(a >= b for a, b in zip(lin[9:], lin[10:]))
 
 
 def test_pretrain_writes_loadable_model_and_manifest(tmp_path, zh_corpus):
@@ -91,7 +82,7 @@ def test_training_lowers_heldout_loss(tmp_path):
 def test_resume_continues_and_rejects_other_config(tmp_path, zh_corpus):
     out, ckpt = tmp_path / "m", tmp_path / "ck"
     _run(tiny_config(max_steps=3), zh_corpus, out, checkpoint_dir=ckpt)
-    assert (ckpt / "checkpoint.pt").exists()
+    assert (ckpt / "checkpoint" / "state.pt").exists() and (ckpt / "metrics.jsonl").exists()
     man = _run(tiny_config(max_steps=6), zh_corpus, out, checkpoint_dir=ckpt, resume=True)
     assert man["steps"] == 6 and [h["step"] for h in man["history"]] == [3, 6]
     before = (out / "model.safetensors").read_bytes()
@@ -175,10 +166,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
 
 
 def test_bf16_autocast_on_the_cpu_when_asked(tmp_path):
-    from kx_spacy.pretraining.loop import uses_bf16
-
-    assert uses_bf16("bf16", "cpu") and uses_bf16("auto", "cuda") and uses_bf16("bf16", "cuda")
-    assert not uses_bf16("auto", "cpu") and not uses_bf16("fp32", "cuda")
     corpus = write_corpus(tmp_path / "zh.txt", n_lines=300)
     cfg = tiny_config(max_steps=40, eval_every=20, lr=0.01, warmup_steps=4, eval_sequences=64, precision="bf16")
     cfg["corpus"]["heldout_every"] = 4
@@ -189,3 +176,77 @@ def test_bf16_autocast_on_the_cpu_when_asked(tmp_path):
     from transformers import AutoModelForMaskedLM
 
     assert AutoModelForMaskedLM.from_pretrained(str(tmp_path / "m")).dtype == torch.float32
+
+
+def test_engine_loss_equals_a_plain_loop(tmp_path, zh_corpus):
+    """The run on the engine gives the held-out losses of the same run written out by hand."""
+    import itertools
+
+    from kx_spacy.pretraining.model import build_mlm
+    from kx_spacy.training.clipping import clip_grad_global_norm
+
+    cfg = tiny_config(max_steps=12, eval_every=4, checkpoint_every=0, warmup_steps=3)
+    man = _run(cfg, zh_corpus, tmp_path / "m")
+    ref = Pretrainer(cfg, tmp_path / "ref", extra_sources=[str(zh_corpus)], progress=False)
+    ref.ckpt_dir.mkdir(parents=True)
+    ref._prepare_vocab(False)
+    t, tok = cfg["training"], ref.tokenizer
+    model = build_mlm(cfg["model"], vocab_size=len(tok), pad_id=tok.pad_token_id, seed=t["seed"])
+    task = MLMTask(model, tok, ref._train_texts, t, [])
+    task.heldout = ref._heldout_batches(task.collator)
+    groups = [[p for n, p in model.named_parameters() if (p.ndim < 2 or "LayerNorm" in n) == nd] for nd in (0, 1)]
+    opt = torch.optim.AdamW([{"params": groups[0], "weight_decay": t["weight_decay"]},
+                             {"params": groups[1], "weight_decay": 0.0}], lr=t["lr"], betas=tuple(t["betas"]))
+    batches = itertools.chain.from_iterable(task.batches(e, 0, 1) for e in itertools.count())
+    model.train()
+    losses = []
+    for step in range(t["max_steps"]):
+        for g in opt.param_groups:  # linear warm-up × linear decay to 0
+            g["lr"] = t["lr"] * min(1.0, (step + 1) / t["warmup_steps"]) * (1 - step / t["max_steps"])
+        loss, _ = task.loss(task.module, next(batches))
+        opt.zero_grad()
+        loss.backward()
+        clip_grad_global_norm(model.parameters(), t["clip_threshold"])
+        opt.step()
+        if (step + 1) % t["eval_every"] == 0:
+            model.eval()
+            with torch.no_grad():
+                losses.append(task.evaluate(task.module)["heldout_loss"])
+            model.train()
+    assert [h["heldout_loss"] for h in man["history"]] == pytest.approx(losses, abs=1e-5)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_resume_accepts_the_same_corpus_by_another_path(tmp_path, zh_corpus, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out, ckpt = tmp_path / "m", tmp_path / "ck"
+    _run(tiny_config(max_steps=3), zh_corpus, out, checkpoint_dir=ckpt)
+    man = pretrain(tiny_config(max_steps=6), out, extra_sources=["zh.txt"], checkpoint_dir=ckpt, resume=True,
+                   progress=False)
+    assert man["steps"] == 6
+    with zh_corpus.open("a", encoding="utf-8") as f:
+        f.write("新加的一行\n")
+    with pytest.raises(CheckpointMismatchError, match=r"corpus\.0\.files\.0\.sha256"):
+        pretrain(tiny_config(max_steps=9), out, extra_sources=["zh.txt"], checkpoint_dir=ckpt, resume=True,
+                 progress=False)
+
+
+def _lines(held: bool, n: int):
+    cands = (f"今天的第{i}句话很好" for i in itertools.count())
+    return list(itertools.islice((c for c in cands if is_heldout(c, 10) == held), n))
+
+
+def test_a_corpus_too_small_for_a_heldout_split_says_so(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n".join(_lines(False, 30)) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="too small for a held-out split"):
+        man = _run(tiny_config(max_steps=2), corpus, tmp_path / "m")
+    assert man["final"]["heldout_tokens"] == 0 and "too small" in man["heldout"]["note"]
+
+
+def test_a_corpus_of_one_repeated_line_says_what_is_wrong(tmp_path):
+    corpus = tmp_path / "one.txt"
+    corpus.write_text((_lines(True, 1)[0] + "\n") * 50, encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"Every text of the corpus \(50 of 50\) fell in the held-out slice.*1 distinct"):
+        _run(tiny_config(max_steps=2), corpus, tmp_path / "m")
+    assert not (tmp_path / "m.checkpoints").exists()

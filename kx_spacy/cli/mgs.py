@@ -1,11 +1,15 @@
 """Sequence-level fine-tuning commands (issue 13): mgs-toy and finetune-generator-mgs."""
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from . import app
+
+
+TABLE_KEYS = ["task_loss", "perplexity", "chrf", "repetition", "non_termination", "cost_wall_seconds",
+              "cost_decodes"]
 
 
 def _table(summary, keys) -> str:
@@ -25,7 +29,8 @@ def _table(summary, keys) -> str:
 @app.command("mgs-toy")
 def mgs_toy_cli(
     output: Path = typer.Option(Path("metrics/mgs_toy.json"), help="Write the runs and summary JSON here."),
-    seeds: int = typer.Option(5, help="Seeds (0..N-1): each trains its own MLE start."),
+    seeds: str = typer.Option("0,1,2,3,4", help="Seeds, comma-separated: each trains its own MLE start "
+                              "(run seeds in separate processes and merge with mgs-toy-summary)."),
     methods: str = typer.Option("mle,mgs,pg,mrt", help="Fine-tune methods, comma-separated."),
     task_loss: str = typer.Option("edit", help="edit, nonterm, repeat or chrf."),
     mle_steps: int = typer.Option(300, help="MLE updates of the starting model."),
@@ -53,13 +58,33 @@ def mgs_toy_cli(
                    + (f" wall {row['cost_wall_seconds']:.1f}s" if "cost_wall_seconds" in row else ""))
 
     result = compare_methods(
-        seeds=list(range(seeds)), methods=[m.strip() for m in methods.split(",") if m.strip()],
+        seeds=[int(x) for x in seeds.split(",") if x.strip()], methods=[m.strip() for m in methods.split(",") if m.strip()],
         task_loss_name=task_loss, mle_steps=mle_steps, finetune_steps=finetune_steps,
         num_candidates=num_candidates, beta=beta, candidate_scale=candidate_scale, lr=lr, mle_mix=mle_mix,
         width=width, min_len=min_len, max_len=max_len, progress=show,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
-    typer.echo(_table(result["summary"], ["task_loss", "perplexity", "chrf", "repetition", "non_termination",
-                                          "cost_wall_seconds", "cost_decodes"]))
+    typer.echo(_table(result["summary"], TABLE_KEYS))
     typer.echo(f"-> {output}")
+
+
+@app.command("mgs-toy-summary")
+def mgs_toy_summary_cli(
+    inputs: List[Path] = typer.Argument(..., help="mgs-toy JSON outputs (e.g. one per seed)."),
+    output: Path = typer.Option(Path("metrics/mgs_toy.json"), help="Write the merged runs and summary here."),
+):
+    """Merge mgs-toy runs (seeds run in separate processes) and print mean ± sd per method."""
+    from ..generation.mgs_toy import summarize
+
+    runs, settings = [], None
+    for path in inputs:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        runs.extend(data["runs"])
+        settings = settings or data.get("settings")
+    summary = summarize(runs)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"settings": settings, "runs": runs, "summary": summary}, indent=1),
+                      encoding="utf-8")
+    typer.echo(_table(summary, TABLE_KEYS))
+    typer.echo(f"{len({r['seed'] for r in runs})} seeds -> {output}")

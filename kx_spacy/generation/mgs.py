@@ -560,7 +560,8 @@ def surrogate_loss(
         total = term if total is None else total + term
     if total is None:
         return torch.tensor(float(value))
-    return total - total.detach() + float(value)
+    return (total - total.detach()) * 1.0 + float(value) if math.isfinite(value) else \
+        total * 0.0 + float(value)
 
 
 def _log_proposal(
@@ -736,8 +737,8 @@ class SequenceLevelUpdater:
         inner = getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
         params, grads, stats = self.compute(inner, batch)
         logs = {k: v for k, v in self._logs(stats).items() if math.isfinite(v)}
-        if grads is None:
-            return torch.tensor(math.nan), logs
+        if grads is None:  # NaN with a graph: the engine's guard skips the step (backward gives 0)
+            return surrogate_loss(params, [torch.zeros_like(p) for p in params], math.nan), logs
         value = stats.mle_loss if stats.method in ("mgs", "mle") else stats.task_loss
         return surrogate_loss(params, grads, value if math.isfinite(value) else 0.0), logs
 

@@ -388,15 +388,7 @@ def compare_methods(
             runs.append(row)
             if progress:
                 progress(row)
-    summary: Dict[str, Dict[str, Tuple[float, float]]] = {}
-    for method in ["start", *methods]:
-        rows = [r for r in runs if r["method"] == method]
-        keys = [k for k, v in rows[0].items() if isinstance(v, float)]
-        summary[method] = {
-            k: (statistics.fmean(r[k] for r in rows),
-                statistics.stdev([r[k] for r in rows]) if len(rows) > 1 else 0.0)
-            for k in keys
-        }
+    summary = summarize(runs)
     settings = dict(seeds=list(seeds), methods=list(methods), task_loss=task_loss_name, n_train=n_train,
                     n_dev=n_dev, mle_steps=mle_steps, finetune_steps=finetune_steps,
                     num_candidates=num_candidates, beta=beta, lr=lr, mle_mix=mle_mix,
@@ -405,3 +397,23 @@ def compare_methods(
                     max_len=max_len,
                     torch_threads=torch.get_num_threads())
     return {"settings": settings, "runs": runs, "summary": summary}
+
+
+def summarize(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Tuple[float, float]]]:
+    """Mean and sample standard deviation over seeds of every float figure, per method.
+
+    runs (Sequence[Dict]): rows with "method", "seed" and float figures (from one or more
+        ``compare_methods`` calls, e.g. one per seed run in separate processes).
+    RETURNS (Dict[str, Dict[str, Tuple[float, float]]]): {method: {figure: (mean, sd)}}.
+    """
+    summary: Dict[str, Dict[str, Tuple[float, float]]] = {}
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    for method in methods:
+        rows = [r for r in runs if r["method"] == method]
+        keys = [k for k, v in rows[0].items() if isinstance(v, float) and k != "seed"]
+        summary[method] = {}
+        for k in keys:
+            vals = [r[k] for r in rows if isinstance(r.get(k), float) and math.isfinite(r[k])]
+            if vals:
+                summary[method][k] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return summary

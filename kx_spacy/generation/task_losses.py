@@ -104,18 +104,27 @@ class EditDistanceLoss:
 class NonTerminationLoss:
     """1.0 for a hypothesis that never produced EOS, else 0.0 (references unused).
 
-    eos (Any): the EOS item (token id or string).
+    eos (Any): the EOS item (token id or string). A hypothesis with a ``stopped_by``
+        attribute (the kx_generator's, which drops EOS from its text) is judged by it instead:
+        "eos" → 0.0, anything else ("max_length") → 1.0.
     """
 
-    def __init__(self, eos: Any):
-        if eos is None:
-            raise TaskLossError("NonTerminationLoss needs the EOS item (eos = <id or string>)")
+    def __init__(self, eos: Any = None):
         self.eos = eos
 
     def __call__(self, hypotheses: Sequence[Any], references: Sequence[Any]) -> List[float]:
         _check_pairs(hypotheses, references)
         out = []
         for hyp in hypotheses:
+            stopped_by = getattr(hyp, "stopped_by", None)
+            if stopped_by is not None:  # a decoder's hypothesis says how it ended
+                out.append(0.0 if stopped_by == "eos" else 1.0)
+                continue
+            if self.eos is None:
+                raise TaskLossError(
+                    "NonTerminationLoss needs the EOS item (eos = <id or string>) for hypotheses "
+                    "without a stopped_by attribute"
+                )
             toks = _tokens(hyp, "token")
             out.append(0.0 if self.eos in toks else 1.0)
         return out
@@ -260,10 +269,11 @@ def make_edit_distance_loss(normalize: str = "reference", unit: str = "token", e
 
 
 @registry.misc("kx_spacy.NonTerminationLoss.v1")
-def make_non_termination_loss(eos: Any) -> TaskLoss:
+def make_non_termination_loss(eos: Optional[Any] = None) -> TaskLoss:
     """1 for a hypothesis without EOS, 0 otherwise.
 
-    eos (Any): the EOS token id or string.
+    eos (Any): the EOS token id or string (not needed for kx_generator hypotheses, which
+        carry ``stopped_by``).
     RETURNS (Callable): (hypotheses, references) → List[float].
     """
     return NonTerminationLoss(eos=eos)

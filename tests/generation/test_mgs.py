@@ -273,6 +273,7 @@ def test_skipped_update_is_a_nan_loss_for_the_engine(toy):
     assert math.isnan(surrogate.item()) and logs["skipped"] == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mgs", "pg"])
 def test_interrupted_finetune_resumes_exactly(tmp_path, method):
     pytest.importorskip("kx_spacy.training.engine")

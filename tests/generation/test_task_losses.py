@@ -48,7 +48,14 @@ def test_non_termination():
     assert loss([[3, 4], [3, EOS], [EOS]], [[1], [1], [1]]) == [1.0, 0.0, 0.0]
     assert NonTerminationLoss("</s>")(["a b </s>", "a b"], ["x", "y"]) == [0.0, 1.0]
     with pytest.raises(TaskLossError):
-        NonTerminationLoss(None)
+        NonTerminationLoss(None)([[3, 4]], [[1]])
+
+    class Hyp(str):
+        stopped_by = "max_length"
+
+    ended = Hyp("abc")
+    ended.stopped_by = "eos"
+    assert NonTerminationLoss()([Hyp("abc"), ended], ["x", "y"]) == [1.0, 0.0]
 
 
 def test_repetition_four_grams():

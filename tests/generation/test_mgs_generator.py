@@ -1,0 +1,76 @@
+"""Sequence-level fine-tuning of a (tiny) trained kx_generator pipeline on the engine."""
+import math
+
+import pytest
+import spacy
+import torch
+from thinc.api import Adam
+
+from kx_spacy.generation.corpus import pair_to_example
+from kx_spacy.generation.mgs import MGSConfig
+from kx_spacy.testing import transformer_config
+
+pytestmark = pytest.mark.slow  # trains a tiny pipeline first (~15 s on 2 cores)
+
+PAIRS = [("春天来了", "秋月明"), ("山水美丽", "花鸟快乐"), ("今天天气很好", "我爱中国"), ("风吹", "雨打")]
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(tiny_mlm_dir, tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    nlp = spacy.blank("zh")
+    nlp.add_pipe("transformer", config=transformer_config(str(tiny_mlm_dir)))
+    nlp.add_pipe("kx_generator", config={"model": {"d_model": 32, "n_heads": 2, "n_layers": 1, "dropout": 0.0},
+                                         "max_length": 12})
+    examples = [pair_to_example(nlp, s, t) for s, t in PAIRS]
+    nlp.initialize(lambda: examples)
+    opt = Adam(0.01)
+    for _ in range(15):
+        nlp.update(examples, sgd=opt)
+    path = tmp_path_factory.mktemp("gen") / "model"
+    nlp.to_disk(path)
+    yield path
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("method", ["mgs", "mrt"])
+def test_finetune_generator_runs_saves_and_resumes(saved_pipeline, tmp_path, method):
+    from kx_spacy.generation.mgs_generator import finetune_generator
+
+    cfg = MGSConfig(method=method, num_candidates=2, parameters=["*output*"], candidate_scale=0.1)
+    out = finetune_generator(saved_pipeline, PAIRS, tmp_path / "run", config=cfg, task_loss="chrf",
+                             steps=2, batch_size=2, progress=False)
+    assert out["updates"] == 2 and (tmp_path / "run" / "model" / "kx_generator").exists()
+    assert out["cost"]["decodes"] >= 2
+    again = finetune_generator(saved_pipeline, PAIRS, tmp_path / "run", config=cfg, task_loss="chrf",
+                               steps=3, batch_size=2, progress=False, resume=True)
+    assert again["updates"] == 3
+    nlp = spacy.load(tmp_path / "run" / "model")
+    assert isinstance(nlp("春天来了")._.kx_generation["text"], str)
+
+
+def test_subset_only_and_scores(saved_pipeline, tmp_path):
+    from kx_spacy.generation.mgs_generator import decoder_scores, encode_pairs, finetune_generator, generator_pipe
+    from kx_spacy.generation.task_losses import ChrFLoss
+
+    nlp = spacy.load(saved_pipeline)
+    pipe = generator_pipe(nlp)
+    before = {n: p.detach().clone() for n, p in pipe.decoder.named_parameters()}
+    cfg = MGSConfig(num_candidates=2, parameters=["*output*"], candidate_scale=0.1)
+    finetune_generator(saved_pipeline, PAIRS, tmp_path / "run", config=cfg, steps=2, batch_size=2,
+                       progress=False, nlp=nlp)
+    changed = {n for n, p in pipe.decoder.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("output" in n for n in changed)
+    data = encode_pairs(nlp, PAIRS)
+    scores = decoder_scores(pipe, pipe.decoder, data, task_loss=ChrFLoss())
+    assert {"task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity"} <= set(scores)
+    assert 0.0 <= scores["task_loss"] <= 1.0 and math.isfinite(scores["perplexity"])
+
+
+def test_pipeline_without_generator_is_a_clear_error(tmp_path):
+    from kx_spacy.generation.mgs_generator import GeneratorFinetuneError, generator_pipe
+
+    with pytest.raises(GeneratorFinetuneError):
+        generator_pipe(spacy.blank("zh"))

@@ -88,3 +88,84 @@ def mgs_toy_summary_cli(
                       encoding="utf-8")
     typer.echo(_table(summary, TABLE_KEYS))
     typer.echo(f"{len({r['seed'] for r in runs})} seeds -> {output}")
+
+
+def _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate) -> dict:
+    return {"num_candidates": num_candidates, "beta": beta, "candidate_scale": candidate_scale,
+            "mle_mix": mle_mix, "parameters": [p for p in parameters.split(",") if p.strip()],
+            "zero_candidate": zero_candidate}
+
+
+@app.command("finetune-generator-mgs")
+def finetune_generator_mgs_cli(
+    model: Path = typer.Argument(..., help="A trained kx_generator pipeline (the train-generator output)."),
+    train: Path = typer.Argument(..., help="Training pairs (source<TAB>target per line)."),
+    output_dir: Path = typer.Argument(..., help="Run folder (checkpoint, metrics.jsonl; the model goes to model/)."),
+    method: str = typer.Option("mgs", help="mgs, pg, mrt or mle."),
+    task_loss: str = typer.Option("chrf", help="chrf, edit, nonterm, repeat or a registered kx_spacy.*Loss.v1 name."),
+    dev: Optional[Path] = typer.Option(None, help="Held-out pairs for the engine's evaluations."),
+    test: Optional[Path] = typer.Option(None, help="With --compare: the pairs the comparison is scored on."),
+    compare: bool = typer.Option(False, help="Fine-tune every --methods × --seeds from the same start and "
+                                 "write the comparison (mean ± sd) instead of one run."),
+    methods: str = typer.Option("mle,mgs,pg,mrt", help="With --compare: the methods."),
+    seeds: str = typer.Option("0,1,2,3,4", help="With --compare: the seeds."),
+    steps: int = typer.Option(100, help="Updates (equal for every method)."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate."),
+    batch_size: int = typer.Option(32, help="Pairs per update."),
+    num_candidates: int = typer.Option(4, help="K (PG / MRT draw K + 1 samples per input)."),
+    beta: float = typer.Option(100.0, help="MGS β."),
+    candidate_scale: float = typer.Option(0.1, help="MGS candidate step scale c (1.0 = reference)."),
+    mle_mix: float = typer.Option(0.0, help="α: probability of an MLE update."),
+    parameters: str = typer.Option("", help="Parameter name patterns to train, comma-separated (empty: all)."),
+    zero_candidate: bool = typer.Option(False, help="Add the current model (ε = 0) to MGS's candidates."),
+    train_limit: int = typer.Option(2000, help="First N training pairs (0: all)."),
+    eval_limit: int = typer.Option(300, help="First N dev / test pairs (0: all)."),
+    seed: int = typer.Option(0, help="Seed of a single run."),
+    resume: bool = typer.Option(False, help="Continue an interrupted single run from its checkpoint."),
+    max_minutes: Optional[float] = typer.Option(None, help="Time budget of a single run."),
+    threads: int = typer.Option(2, help="torch threads on a CPU."),
+    output: Optional[Path] = typer.Option(None, help="Write the result JSON here (metrics/...)."),
+):
+    """Fine-tune a kx_generator decoder on a sequence-level task loss (MGS, PG, MRT or MLE)."""
+    import torch
+
+    from ..generation.corpus import read_pairs
+    from ..generation.mgs import MGSConfig
+
+    torch.set_num_threads(threads)
+    train_pairs = read_pairs(train, limit=train_limit)
+    overrides = _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate)
+    if compare:
+        from ..generation.mgs_generator import compare_generator_methods
+
+        if test is None:
+            raise typer.BadParameter("--compare needs --test pairs")
+
+        def show(row):
+            typer.echo(f"{row['method']:<6} seed {row['seed']:>2} task_loss {row['task_loss']:.4f} "
+                       f"chrF {row.get('chrf', float('nan')):.4f} ppl {row['perplexity']:.3f} r_L {row['r_L']:.3f}")
+
+        result = compare_generator_methods(
+            model, train_pairs, read_pairs(test, limit=eval_limit), output_dir,
+            methods=[m for m in methods.split(",") if m.strip()], seeds=[int(s) for s in seeds.split(",")],
+            task_loss=task_loss, steps=steps, lr=lr, batch_size=batch_size, config_overrides=overrides,
+            progress=show,
+        )
+        typer.echo(_table(result["summary"], ["task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity",
+                                              "cost_wall_seconds"]))
+    else:
+        from ..generation.mgs_generator import finetune_generator
+
+        result = finetune_generator(
+            model, train_pairs, output_dir, config=MGSConfig(method=method, seed=seed, **overrides),
+            task_loss=task_loss, dev_pairs=read_pairs(dev, limit=eval_limit) if dev else None, steps=steps,
+            lr=lr, batch_size=batch_size, seed=seed, resume=resume, max_minutes=max_minutes,
+            eval_every=max(1, steps // 4) if dev else 0,
+        )
+        typer.echo(f"{result['updates']} updates in {result['wall_seconds']:.1f}s; per update: "
+                   f"{result['cost']['decodes']:.1f} decodes, {result['cost']['seconds']:.3f}s; "
+                   f"extra memory {result['extra_bytes_per_update'] / 1e6:.2f} MB -> {result['model']}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+        typer.echo(f"-> {output}")

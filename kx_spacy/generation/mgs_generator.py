@@ -329,6 +329,7 @@ def finetune_generator(
     name: str = "kx_generator",
     nlp=None,
     encoded: Optional[Tuple[EncodedPairs, Optional[EncodedPairs]]] = None,
+    save: bool = True,
 ) -> Dict[str, Any]:
     """Fine-tune a trained kx_generator pipeline's decoder with ``config.method``.
 
@@ -338,6 +339,7 @@ def finetune_generator(
     config (MGSConfig): method and settings. task_loss: see :func:`resolve_task_loss`.
     steps, lr (Adam), batch_size, seed, resume, max_minutes, eval_every: the engine run.
     encoded: pre-encoded (train, dev) data (skips the encoder pass).
+    save (bool): save the fine-tuned pipeline to ``<output_dir>/model``.
     RETURNS (Dict[str, Any]): the engine result, cost per update, and the saved model path.
     """
     import spacy
@@ -381,7 +383,8 @@ def finetune_generator(
         vals = [r[key] for r in records if isinstance(r.get(key), (int, float))]
         cost[key] = statistics.fmean(vals) if vals else math.nan
     saved = output_dir / "model"
-    nlp.to_disk(saved)
+    if save:
+        nlp.to_disk(saved)
     return {"result": result.to_dict(), "cost": cost, "wall_seconds": wall, "model": str(saved),
             "updates": result.steps, "extra_bytes_per_update": _extra_bytes(updater)}
 
@@ -436,7 +439,7 @@ def compare_generator_methods(
             cfg = MGSConfig(method=method, seed=seed, **(config_overrides or {}))
             out = finetune_generator(model_path, [], Path(output_dir) / f"{method}_{seed}", config=cfg,
                                      task_loss=loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                                     progress=False, name=name, nlp=nlp, encoded=(train, None))
+                                     progress=False, name=name, nlp=nlp, encoded=(train, None), save=False)
             row = {"method": method, "seed": seed}
             row.update(decoder_scores(pipe, pipe.decoder, test, task_loss=loss_fn))
             row.update({f"cost_{k}": v for k, v in out["cost"].items()})

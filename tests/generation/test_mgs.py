@@ -294,3 +294,17 @@ def test_interrupted_finetune_resumes_exactly(tmp_path, method):
     assert cost["updates"] == 4
     for (n, p), q in zip(straight.named_parameters(), fresh.parameters()):
         assert torch.equal(p, q), n
+
+
+def test_log_proposal_matches_the_reference_formula():
+    from kx_spacy.generation.mgs import _log_proposal
+
+    ee, eg, gg = 0.7, 0.2, 0.5
+    # wellecks/mgs perturb(): q = ½·exp(−½ εε) + ½·exp(−½ εε + εg − ½ gg)
+    reference = math.log(0.5 * math.exp(-0.5 * ee) + 0.5 * math.exp(-0.5 * ee + eg - 0.5 * gg))
+    assert _log_proposal("unit", 0.5, ee, eg, gg, 0, 0, 0) == pytest.approx(reference)
+    # "scaled" uses the σ-normalised sums, "none" is flat
+    assert _log_proposal("scaled", 0.5, 9, 9, 9, ee, eg, gg) == pytest.approx(reference)
+    assert _log_proposal("none", 0.5, ee, eg, gg, ee, eg, gg) == 0.0
+    # only MLE-centred candidates: the N(g, ·) component alone
+    assert _log_proposal("unit", 1.0, ee, eg, gg, 0, 0, 0) == pytest.approx(-0.5 * (ee - 2 * eg + gg))

@@ -1,0 +1,159 @@
+"""NVAE and baseline training on the shared engine; the experiment and its CLI on a fake
+data folder."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kx_spacy.errors import KxError  # noqa: E402
+from kx_spacy.models.nvae.config import NVAEConfig, NVAEError  # noqa: E402
+from kx_spacy.models.nvae.mlp_vae import MLPVAE  # noqa: E402
+from kx_spacy.models.nvae.model import NVAE  # noqa: E402
+from kx_spacy.models.nvae.task import MLPVAETask, NVAETask, Progress  # noqa: E402
+from kx_spacy.training import Trainer, TrainingConfig  # noqa: E402
+
+from test_nvae_data import write_fake_mnist  # noqa: E402
+
+TINY = dict(channels=4, num_preprocess_cells=1, num_postprocess_cells=1, num_groups_per_scale=1,
+            adaptive_groups=False, num_latent_per_group=2, decoder_expansion=2, up_expansion=1)
+
+
+def _images(n=24):
+    return np.random.Generator(np.random.PCG64(0)).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+
+
+def _train(task, out, steps, identity, resume=False):
+    cfg = TrainingConfig(max_steps=steps, checkpoint_every=steps, progress=False, num_threads=1,
+                         clip_mode="global_norm", clip_threshold=200.0)
+    opt = lambda m: torch.optim.Adamax(m.parameters(), lr=1e-2)  # noqa: E731
+    return Trainer(task, cfg, output_dir=out, optimizer=opt, identity=identity).run(resume=resume)
+
+
+@pytest.mark.slow
+def test_nvae_task_trains_on_the_engine_and_logs_kl_per_group(tmp_path):
+    torch.manual_seed(0)
+    progress = Progress(max_steps=30)  # KL warm-up over 30 % of 30 steps: 3 steps in, β ≈ 0.33
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), batch_size=8, progress=progress)
+    result = _train(task, tmp_path, 3, {"nvae": NVAEConfig.tiny().to_dict()})
+    assert result.steps == 3 and result.bad_steps == 0 and result.items_seen == 24
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if s["kind"] == "step"]
+    assert {"kl_g0", "kl_g1", "kl_coeff", "nelbo", "spectral", "bn", "items_per_s"} <= set(steps[-1])
+    # the KL weight follows the progress of training (warm-up)
+    assert steps[0]["kl_coeff"] < steps[-1]["kl_coeff"] <= 1.0
+    assert progress.step == 3
+
+
+def test_resuming_another_configs_checkpoint_is_refused(tmp_path):
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, Progress(max_steps=2))
+    _train(task, tmp_path, 2, {"nvae": NVAEConfig.tiny().to_dict()})
+    other = NVAEConfig.tiny(num_latent_per_group=3)
+    task2 = NVAETask(NVAE(other), _images(), 8, Progress(max_steps=4))
+    with pytest.raises(KxError, match="num_latent_per_group|identity|config"):
+        _train(task2, tmp_path, 4, {"nvae": other.to_dict()}, resume=True)
+    # the same config resumes and continues the task's own progress
+    task3 = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, Progress(max_steps=4))
+    assert _train(task3, tmp_path, 4, {"nvae": NVAEConfig.tiny().to_dict()}, resume=True).steps == 4
+    assert task3.progress.step == 4
+
+
+def test_nan_batch_is_refused_before_any_layer():
+    model = NVAE(NVAEConfig.tiny())
+    task = NVAETask(model, _images(), 8, Progress(max_steps=1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = torch.zeros(8, 1, 28, 28)
+    batch[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NVAEError, match="NaN"):
+        task.loss(task.module, batch)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    base = MLPVAETask(MLPVAE(), _images(), 8, Progress(max_steps=1))
+    with pytest.raises(NVAEError, match="NaN"):
+        base.loss(base.module, batch)
+
+
+def test_baseline_task_trains(tmp_path):
+    task = MLPVAETask(MLPVAE(), _images(), 8, Progress(max_steps=3))
+    assert _train(task, tmp_path, 3, {"baseline": True}).steps == 3
+
+
+def test_marks_keep_weights_at_training_times():
+    progress = Progress(max_seconds=100.0)
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, progress, marks=[1e-9, 50.0])
+    batch = next(iter(task.batches(0)))
+    task.loss(task.module, batch)
+    task.loss(task.module, batch)
+    snaps = task.snapshots(final_module=task.module)
+    assert [s["mark"] for s in snaps] == [1e-9, None]  # 50 s not reached
+    assert snaps[0]["step"] == 1 and snaps[1]["step"] == 2
+
+
+def _fake_cfg(**training):
+    return {
+        "nvae": TINY,
+        "nvae_training": {"batch_size": 8, "warmup_steps": 1},
+        "baseline": {"batch_size": 8},
+        "training": {"max_time_minutes": 0, "max_steps": 2, "progress": False, "checkpoint_every": 2, **training},
+        "evaluation": {"k": 3, "num_images": 4, "marks_k": 2, "marks_num_images": 2, "batch_size": 64,
+                       "baseline_num_images": 6},
+        "sampling": {"temperatures": [0.7], "num_samples": 4, "readjust_samples": 4, "readjust_iterations": 1,
+                     "num_reconstructions": 2},
+    }
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end_on_fake_data(tmp_path):
+    from kx_spacy.models.nvae.experiment import evaluate_model, run_experiment, sample_model
+
+    write_fake_mnist(tmp_path / "data")
+    out = tmp_path / "run"
+    metrics = run_experiment(_fake_cfg(), tmp_path / "data", out, tmp_path / "m.json", log=lambda s: None)
+    assert json.loads((tmp_path / "m.json").read_text())["rows"] == metrics["rows"]
+    assert "PCG64(seed=0)" in metrics["binarisation"]
+    kinds = [(r["model"], r["num_images"]) for r in metrics["rows"]]
+    assert kinds == [("nvae", 4), ("baseline", 4), ("baseline", 6)]
+    assert all(np.isfinite(r["nll"]) and r["nll"] > 0 for r in metrics["rows"])
+    assert all(p.endswith(".png") for p in metrics["pictures"])
+    res = evaluate_model(out / "nvae" / "model.pt", tmp_path / "data", k=2, num_images=3, batch_size=16)
+    assert res["num_images"] == 3 and res["k"] == 2
+    paths = sample_model(out / "baseline" / "model.pt", tmp_path / "pics", [0.5], num_samples=4)
+    assert len(paths) == 1
+    with pytest.raises(NVAEError, match="temperature"):
+        sample_model(out / "nvae" / "model.pt", tmp_path / "pics", [0.0])
+    # resuming with another NVAE config is refused
+    other = _fake_cfg()
+    other["nvae"] = {**TINY, "num_latent_per_group": 3}
+    with pytest.raises(KxError):
+        run_experiment(other, tmp_path / "data", out, None, resume=True, log=lambda s: None)
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_sample(tmp_path):
+    from typer.testing import CliRunner
+
+    from kx_spacy.cli import app
+
+    write_fake_mnist(tmp_path / "data")
+    cfg = tmp_path / "tiny.cfg"
+    from kx_spacy.models.nvae.experiment import merge_config
+
+    merged = merge_config(_fake_cfg())
+    lines = []
+    for section, values in merged.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    cfg.write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-nvae", str(cfg), str(tmp_path / "run"), "--data-dir", str(tmp_path / "data"),
+                            "--metrics", str(tmp_path / "m.json"), "--training.max_steps", "1"])
+    assert r.exit_code == 0, r.output
+    assert "baseline" in r.output and "binarisation" in r.output
+    r = runner.invoke(app, ["evaluate-nvae", str(tmp_path / "run" / "nvae" / "model.pt"), "--data-dir",
+                            str(tmp_path / "data"), "--k", "2", "--limit", "3"])
+    assert r.exit_code == 0 and "IW-2 NLL" in r.output, r.output
+    r = runner.invoke(app, ["sample-nvae", str(tmp_path / "run" / "nvae" / "model.pt"), str(tmp_path / "p"),
+                            "--temperatures", "0.8,-1", "--n", "4"])
+    assert r.exit_code == 1 and "temperature" in r.output
+    r = runner.invoke(app, ["train-nvae", str(tmp_path / "missing.cfg"), str(tmp_path / "run2")])
+    assert r.exit_code == 1 and "not found" in r.output

@@ -10,6 +10,7 @@ from . import app
 
 TABLE_KEYS = ["task_loss", "perplexity", "chrf", "repetition", "non_termination", "cost_wall_seconds",
               "cost_decodes"]
+GENERATOR_KEYS = ["task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity", "cost_wall_seconds"]
 
 
 def _table(summary, keys) -> str:
@@ -69,12 +70,13 @@ def mgs_toy_cli(
     typer.echo(f"-> {output}")
 
 
-@app.command("mgs-toy-summary")
-def mgs_toy_summary_cli(
-    inputs: List[Path] = typer.Argument(..., help="mgs-toy JSON outputs (e.g. one per seed)."),
-    output: Path = typer.Option(Path("metrics/mgs_toy.json"), help="Write the merged runs and summary here."),
+@app.command("mgs-summary")
+def mgs_summary_cli(
+    inputs: List[Path] = typer.Argument(..., help="mgs-toy / finetune-generator-mgs --compare JSON outputs "
+                                        "(e.g. one per seed)."),
+    output: Path = typer.Option(..., help="Write the merged runs and summary here."),
 ):
-    """Merge mgs-toy runs (seeds run in separate processes) and print mean ± sd per method."""
+    """Merge comparison runs (seeds run in separate processes) and print mean ± sd per method."""
     from ..generation.mgs_toy import summarize
 
     runs, settings = [], None
@@ -86,8 +88,9 @@ def mgs_toy_summary_cli(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"settings": settings, "runs": runs, "summary": summary}, indent=1),
                       encoding="utf-8")
-    typer.echo(_table(summary, TABLE_KEYS))
-    typer.echo(f"{len({r['seed'] for r in runs})} seeds -> {output}")
+    keys = TABLE_KEYS if any("edit" in r for r in runs) else GENERATOR_KEYS
+    typer.echo(_table(summary, keys))
+    typer.echo(f"{len({r['seed'] for r in runs if r['method'] != 'start'})} seeds -> {output}")
 
 
 def _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate) -> dict:
@@ -114,7 +117,7 @@ def finetune_generator_mgs_cli(
     batch_size: int = typer.Option(32, help="Pairs per update."),
     num_candidates: int = typer.Option(4, help="K (PG / MRT draw K + 1 samples per input)."),
     beta: float = typer.Option(100.0, help="MGS β."),
-    candidate_scale: float = typer.Option(0.1, help="MGS candidate step scale c (1.0 = reference)."),
+    candidate_scale: float = typer.Option(1.0, help="MGS candidate step scale c (1.0 = reference)."),
     mle_mix: float = typer.Option(0.0, help="α: probability of an MLE update."),
     parameters: str = typer.Option("", help="Parameter name patterns to train, comma-separated (empty: all)."),
     zero_candidate: bool = typer.Option(False, help="Add the current model (ε = 0) to MGS's candidates."),
@@ -151,8 +154,7 @@ def finetune_generator_mgs_cli(
             task_loss=task_loss, steps=steps, lr=lr, batch_size=batch_size, config_overrides=overrides,
             progress=show,
         )
-        typer.echo(_table(result["summary"], ["task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity",
-                                              "cost_wall_seconds"]))
+        typer.echo(_table(result["summary"], GENERATOR_KEYS))
     else:
         from ..generation.mgs_generator import finetune_generator
 

@@ -102,6 +102,35 @@ def _demo_attribution(en, zh) -> None:
     add_html(render_attributions(docs, title="kx_attributor: integrated gradients per token"))
 
 
+GENERATOR_MODELS = {  # trained by `spacy project run train-generator` (-agnews); not shipped
+    "couplet": ("KX_GENERATOR_ZH", "training/generator_couplets_cpu/model-best", "风弦未拨心先乱"),
+    "title": ("KX_GENERATOR_EN", "training/generator_agnews_cpu/model-best",
+              "The space agency said on Monday that the shuttle launch was delayed by bad weather."),
+}
+
+
+def _demo_generation(en, zh) -> None:
+    """kx_generator (issue 11): a couplet's lower line and an English title, and how each stopped."""
+    import os
+    from pathlib import Path
+
+    import spacy
+
+    for what, (env, default, text) in GENERATOR_MODELS.items():
+        path = Path(os.environ.get(env, default))
+        if not (path / "config.cfg").exists():
+            print(f"{what}: no trained generator at {path} (none is shipped): run `spacy project run "
+                  f"train-generator{'' if what == 'couplet' else '-agnews'}` or set {env}.")
+            continue
+        nlp = spacy.load(path)
+        pipe = nlp.get_pipe("kx_generator")
+        gen = nlp(text)._.kx_generation
+        bound = pipe.termination_bound()
+        print(f"{what} ({path}, {pipe.model.attrs['output_kind']} layer, t* = {bound.t_star}):")
+        print(f"  {text} -> {gen['text']}  [stopped by {gen['stopped_by']} after {gen['n_steps']} steps, "
+              f"log p = {gen['log_prob']:.2f}]")
+
+
 def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] = None,
              html_path: Optional[str] = None) -> None:
     """Build the demo pipelines, run every section; with ``html_path`` also write one page."""
@@ -124,6 +153,7 @@ def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] =
         ("Shared transformer", _demo_transformer),
         ("Perturbed masking: kx_segmenter, kx_parser", _demo_perturbed),
         ("Integrated gradients: kx_attributor", _demo_attribution),
+        ("Stop-safe generation: kx_generator", _demo_generation),
     ):
         _heading(title)
         with page.section(title) if page else nullcontext():

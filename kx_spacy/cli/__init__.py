@@ -29,6 +29,8 @@ from . import attribution  # noqa: E402,F401
 from . import linear_attention  # noqa: E402,F401
 from . import annotate  # noqa: E402,F401
 from . import mgs  # noqa: E402,F401
+from . import nvae  # noqa: E402,F401
+from . import generation  # noqa: E402,F401
 
 
 def main() -> None:

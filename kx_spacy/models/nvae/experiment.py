@@ -251,8 +251,11 @@ def write_pictures(model: NVAE, cfg: Dict[str, Dict[str, Any]], images: torch.Te
     with torch.no_grad():
         x = images[:n].to(next(model.parameters()).device)
         recon = model(x).likelihood.mean().cpu()
-    paths.append(str(save_grid(torch.cat([x.cpu(), recon]), out_dir / "reconstructions.png",
-                               title="test images (top) and reconstructions (bottom, pixel means)")))
+    rows = []
+    for i in range(0, n, 8):  # a row of test images, then the row of their reconstructions
+        rows += [x[i : i + 8].cpu(), recon[i : i + 8]]
+    paths.append(str(save_grid(torch.cat(rows), out_dir / "reconstructions.png", nrow=8,
+                               title="rows: test images / their reconstructions (pixel means)")))
     return paths
 
 

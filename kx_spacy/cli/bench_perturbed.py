@@ -23,12 +23,13 @@ from typing import Dict, List, Optional, Sequence
 import typer
 
 from . import app
+from ._threads import DEFAULT_THREADS, THREADS_HELP, set_threads
 
 
-def _ewt_sentences(path: Path, limit: int) -> List[List[str]]:
+def _ewt_sentences(path: Path, limit: int, max_words: int = 0, max_words_mode: str = "content") -> List[List[str]]:
     from ..readers import read_conllu
 
-    return [s.words for s in read_conllu(path, limit=limit)]
+    return [s.words for s in read_conllu(path, limit=limit, max_words=max_words, count_punct=max_words_mode == "all")]
 
 
 def _random_bert_base(device: str, bf16: bool):
@@ -165,9 +166,13 @@ def bench_perturbed_cli(
     output: Path = typer.Option(Path("metrics/bench_perturbed.json"), "--output", "-o", help="Results JSON."),
     encoder: Optional[str] = typer.Option(None, help="HF name or path (default: the packaged MiniLM)."),
     limit: int = typer.Option(20, help="Sentences for the engine."),
+    max_words: int = typer.Option(0, help="Only sentences of at most this many words (0 = all), as in evaluate-parser."),
+    max_words_mode: str = typer.Option("content", help="What --max-words counts: 'content' (non-punctuation words) or 'all'."),
+    long_docs: Optional[str] = typer.Option(None, help="Instead: time transformer + kx_parser on docs of these token counts with no sentence boundaries, comma separated (e.g. '1000,5000')."),
+    max_sentence_words: Optional[int] = typer.Option(None, help="--long-docs: kx_parser's max_sentence_words (default: the component's)."),
     loop_limit: int = typer.Option(0, help="Sentences for the slow loop (0 = the same as the engine)."),
     batch_size: int = typer.Option(512, help="Engine: most masked inputs per forward."),
-    threads: int = typer.Option(1, help="torch CPU threads (both engines)."),
+    threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
     random_bert_base: bool = typer.Option(False, "--random-bert-base", help="Random BERT-base weights, synthetic sentences."),
     subwords: int = typer.Option(32, help="--random-bert-base: sub-words per synthetic sentence."),
     bf16: bool = typer.Option(False, "--bf16", help="Also run the engine in bfloat16 (the loop stays fp32)."),
@@ -178,10 +183,16 @@ def bench_perturbed_cli(
 
     import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    from .evaluate_perturbed import MAX_WORDS_MODES
+
+    if max_words_mode not in MAX_WORDS_MODES:
+        raise typer.BadParameter(f"--max-words-mode is one of {', '.join(MAX_WORDS_MODES)}, not {max_words_mode!r}")
+    set_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if long_docs:
+        _bench_long_docs(long_docs, encoder, max_sentence_words, device, output)
+        return
     if random_bert_base:
         fp32, bf16_bb = _random_bert_base(device, bf16)
         sentences = _synthetic_sentences(fp32, limit, subwords)
@@ -202,15 +213,44 @@ def bench_perturbed_cli(
             import copy
 
             bf16_bb = Backbone(copy.deepcopy(fp32.module).to(torch.bfloat16), fp32.tokenizer)
-        sentences = _ewt_sentences(conllu, limit)
+        sentences = _ewt_sentences(conllu, limit, max_words, max_words_mode)
     result = run_benchmark(fp32, sentences, bf16_backbone=bf16_bb, batch_size=batch_size, loop_limit=loop_limit)
     result.update({
         "model": model_name, "device": str(fp32.device),
         "device_name": torch.cuda.get_device_name(0) if fp32.device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "batch_size": batch_size, "source": str(conllu) if conllu else f"synthetic {subwords} sub-words",
+        "max_words": max_words, "max_words_mode": max_words_mode,
     })
     print(f"model: {model_name} | device: {result['device']} ({result['device_name']}) | threads: {result['threads']} | "
           f"mean words {result['mean_words']:.1f}, pieces {result['mean_pieces']:.1f}")
     print(format_table(result))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
+
+
+def _bench_long_docs(spec: str, encoder: Optional[str], max_sentence_words: Optional[int], device: str,
+                     output: Path) -> None:
+    import torch
+
+    from ..encoders import english_encoder_path
+    from ..perturbed.benchmark import format_long_doc_table, long_doc_benchmark
+    from ..testing import make_pipeline
+
+    try:
+        counts = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--long-docs takes comma-separated token counts, got {spec!r}")
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter(f"--long-docs takes positive token counts, got {spec!r}")
+    model_name = english_encoder_path(encoder)
+    nlp = make_pipeline("en", model_name)
+    from ..backbone import Backbone
+
+    Backbone.from_nlp(nlp).module.to(device)
+    nlp.add_pipe("kx_parser", config={} if max_sentence_words is None else {"max_sentence_words": max_sentence_words})
+    result = long_doc_benchmark(nlp, counts)
+    result.update({"model": model_name, "device": device, "threads": torch.get_num_threads()})
+    print(f"model: {model_name} | device: {device} | threads: {result['threads']}")
+    print(format_long_doc_table(result))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")

@@ -13,8 +13,13 @@ next to the right-chain, left-chain and star baselines (star on the gold root an
 predicted root). ``kx-prior`` rows add a positional prior (bonuses for arcs between
 neighbours and for right-branching arcs, weights tuned on EWT dev) to the kx scores, so the
 model chooses among chain-like trees. ``right-chain-ref`` is the official code's right chain with the gold root,
-whose last word points outside the sentence (kx's ``right_chain`` hangs it on the root). ``eisner-ref`` rows use the reference's decoder (Eisner over 0..n, ROOT may
-take several words) on the official scores, as the reference's ``--root gold`` run does.
+whose last word points outside the sentence (kx's ``right_chain`` hangs it on the root).
+``eisner-multiroot`` rows decode the official scores with Eisner over 0..n where ROOT may take
+several words (the decoder choice of the reference's ``--root gold`` run); they are NOT a
+reproduction of that run (on PUD they differ from it by about 5 UAS), only that decoder.
+The ``kx_parser`` row is what ``nlp.add_pipe("kx_parser")`` gives: the component's default
+scoring (``symmetric_prior``), its default root predictor (with the word strings) and Eisner,
+on the kx impacts of the same sentences and layers.
 UAS and UUAS count every token, punctuation included (the official convention); the JSON
 also has the figures without punctuation and how often each root predictor is right.
 
@@ -32,11 +37,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import typer
 
 from . import app
+from ._threads import DEFAULT_THREADS, THREADS_HELP, set_threads
+
+MAX_WORDS_MODES = ("content", "all")
 
 # (label, impact mode, score mode, impact_to_scores kwargs, decoders)
 SCORINGS = {
-    "official": ("official", "official", {"softmax_quirk": True}, ("eisner", "eisner-ref", "cle")),
-    "official-fixed": ("official", "official", {"softmax_quirk": False}, ("eisner", "eisner-ref")),
+    "official": ("official", "official", {"softmax_quirk": True}, ("eisner", "eisner-multiroot", "cle")),
+    "official-fixed": ("official", "official", {"softmax_quirk": False}, ("eisner", "eisner-multiroot")),
     "kx": ("kx", "kx", {}, ("eisner", "cle")),
     "kx-raw": ("kx", "raw", {}, ("eisner", "cle")),
     "kx-sym": ("kx", "symmetric", {}, ("eisner", "cle")),
@@ -64,8 +72,8 @@ def _decoders() -> Dict[str, Callable]:
 
     return {
         "eisner": lambda s, r: eisner(s, r),
-        # the reference's decoder: a gold root acts only through the score edit
-        "eisner-ref": lambda s, r: eisner(s, None, single_root=False),
+        # the reference's decoder choice: a gold root acts only through the score edit
+        "eisner-multiroot": lambda s, r: eisner(s, None, single_root=False),
         "cle": lambda s, r: chu_liu_edmonds(s, r),
     }
 
@@ -83,6 +91,7 @@ def evaluate_parser(
     engine=None,
     prior: Optional[Dict[str, float]] = None,
     save_impacts: Optional[Path] = None,
+    component_row: bool = True,
 ) -> Dict:
     """Score the perturbed-masking parser and the baselines on the same sentences.
 
@@ -100,6 +109,8 @@ def evaluate_parser(
         positional prior added in the ``kx-prior`` rows (None: ``DEFAULT_PRIOR``).
     save_impacts (Path or None): write every impact matrix to this .npz (keys
         ``{mode}_{sentence index}``) for re-decoding without the encoder.
+    component_row (bool): add the ``kx_parser`` row (the component's defaults; computes the
+        kx impacts when no chosen scoring needs them).
     RETURNS (Dict): ``rows`` (method, scores, root, uas, uuas, uas_nopunct, uuas_nopunct),
         ``root_accuracy`` per impact mode and strategy, and the settings.
     """
@@ -137,6 +148,9 @@ def evaluate_parser(
     for name in scorings:
         if SCORINGS[name][0] not in impact_modes:
             impact_modes.append(SCORINGS[name][0])
+    component = component_defaults() if component_row else None
+    if component and component["mode"] not in impact_modes:
+        impact_modes.append(component["mode"])
     impacts = {}
     timings = {}
     for mode in impact_modes:
@@ -177,7 +191,7 @@ def evaluate_parser(
             dec = decoders[dec_name]
             base = "cle" if dec_name == "cle" else "eisner"
             for root_kind in ("gold", "pred", "free"):
-                if dec_name == "eisner-ref" and root_kind == "pred":
+                if dec_name == "eisner-multiroot" and root_kind == "pred":
                     continue
                 trees = []
                 for i, M in enumerate(mats):
@@ -192,6 +206,10 @@ def evaluate_parser(
                         scores = scores + positional_prior(M.shape[0] - 1, root=forced, **prior)
                     trees.append(dec(scores, forced))
                 add(dec_name, name, root_kind, trees)
+
+    if component:
+        add("kx_parser", component["scoring"], "pred",
+            _component_trees(engine, impacts[component["mode"]], words, component))
 
     n_words = [len(w) for w in words]
     add("right-chain", "-", "none", [right_chain(n) for n in n_words])
@@ -218,6 +236,27 @@ def evaluate_parser(
     }
 
 
+def component_defaults() -> Dict:
+    """``kx_parser``'s default impact mode, scoring, root strategy and decoder (resolved from
+    its DEFAULT_CONFIG, so the ``kx_parser`` row follows the component)."""
+    from spacy.util import registry
+
+    from ..perturbed.parser import DEFAULT_CONFIG
+
+    decoder = registry.resolve({"decoder": DEFAULT_CONFIG["decoder"]})["decoder"]
+    return {"scoring": DEFAULT_CONFIG["scoring"], "root_strategy": DEFAULT_CONFIG["root_strategy"],
+            "mode": DEFAULT_CONFIG["mode"], "decoder": decoder}
+
+
+def _component_trees(engine, mats, words, defaults: Dict) -> List:
+    """The trees ``kx_parser`` with its default settings makes from these impact matrices."""
+    trees = []
+    for M, w in zip(mats, words):
+        root = engine.predict_root(M, defaults["root_strategy"], words=w)
+        trees.append(defaults["decoder"](engine.impact_to_scores(M, defaults["scoring"]), root))
+    return trees
+
+
 def _reference_right_chain(n: int, root: int) -> List[int]:
     """The official code's right chain: word i -> i + 1, the gold root -> ROOT, so the last
     word points outside the sentence (always wrong) unless it is the root. Not a tree;
@@ -232,15 +271,16 @@ def format_parser_table(result: Dict) -> str:
     lines = [
         f"{result['n_sentences']} sentences, {result['n_tokens']} tokens; UAS/UUAS count every "
         f"token (punctuation included); pred root = {result['root_strategy']}",
-        f"{'method':<12} {'scores':<15} {'root':<5} {'UAS':>6} {'UUAS':>6} {'UAS-p':>6}",
-        "-" * 56,
+        f"{'method':<16} {'scores':<15} {'root':<5} {'UAS':>6} {'UUAS':>6} {'UAS-p':>6}",
+        "-" * 60,
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['method']:<12} {r['scores']:<15} {r['root']:<5} {100 * r['uas']:6.1f} "
+            f"{r['method']:<16} {r['scores']:<15} {r['root']:<5} {100 * r['uas']:6.1f} "
             f"{100 * r['uuas']:6.1f} {100 * r['uas_nopunct']:6.1f}"
         )
-    lines.append("(UAS-p: UAS without punctuation)")
+    lines.append("(UAS-p: UAS without punctuation; kx_parser: the component's defaults, what "
+                 "nlp.add_pipe(\"kx_parser\") gives)")
     lines.append("root accuracy: " + "; ".join(
         f"{mode}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in accs.items())
         for mode, accs in result["root_accuracy"].items()
@@ -269,14 +309,15 @@ def evaluate_parser_cli(
     conllu: Path = typer.Argument(..., help="UD CoNLL-U file (e.g. ${data_dir}/ud/UD_English-EWT/en_ewt-ud-dev.conllu)."),
     output: Path = typer.Option(Path("metrics/parser.json"), "--output", "-o", help="Results JSON."),
     encoder: Optional[str] = typer.Option(None, help="HF name or path of the encoder (default: the packaged MiniLM)."),
-    max_words: int = typer.Option(0, help="Only sentences of at most this many non-punctuation words (0 = all)."),
+    max_words: int = typer.Option(0, help="Only sentences of at most this many words (0 = all); see --max-words-mode."),
+    max_words_mode: str = typer.Option("content", help="What --max-words counts: 'content' (non-punctuation words, the WSJ10 convention) or 'all' (every word, as the reference does)."),
     limit: int = typer.Option(0, help="At most this many sentences (after --max-words; 0 = all)."),
     layers: str = typer.Option("-1", help="Hidden layer index, or comma-separated indices to average."),
     distance: str = typer.Option("euclidean", help="Impact distance: euclidean, cosine, manhattan."),
     root_strategy: str = typer.Option("centrality", help="Root predictor: root_row, in_degree, out_degree, centrality."),
     scorings: str = typer.Option(",".join(DEFAULT_SCORINGS), help=f"Comma-separated rows from {list(SCORINGS)}."),
     batch_size: int = typer.Option(256, help="Most masked inputs per forward."),
-    threads: int = typer.Option(0, help="torch CPU threads (0 = leave as is)."),
+    threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
     prior_adjacent: float = typer.Option(DEFAULT_PRIOR["adjacent"], help="kx-prior rows: bonus for arcs between neighbours."),
     prior_right: float = typer.Option(DEFAULT_PRIOR["right"], help="kx-prior rows: extra bonus when the head is the next word."),
     prior_hub: float = typer.Option(DEFAULT_PRIOR["hub"], help="kx-prior rows: bonus for arcs from the root word."),
@@ -288,11 +329,10 @@ def evaluate_parser_cli(
     from ..pipeline_builder import build_pipeline
     from ..readers import read_conllu
 
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-    sentences = read_conllu(conllu, limit=limit, max_words=max_words)
+    if max_words_mode not in MAX_WORDS_MODES:
+        raise typer.BadParameter(f"--max-words-mode is one of {', '.join(MAX_WORDS_MODES)}, not {max_words_mode!r}")
+    set_threads(threads)
+    sentences = read_conllu(conllu, limit=limit, max_words=max_words, count_punct=max_words_mode == "all")
     nlp = build_pipeline("en", english_encoder_path(encoder))
     backbone = Backbone.from_nlp(nlp, "transformer")
     result = evaluate_parser(
@@ -302,7 +342,8 @@ def evaluate_parser_cli(
         prior={"adjacent": prior_adjacent, "right": prior_right, "hub": prior_hub},
         save_impacts=save_impacts,
     )
-    result.update({"data": str(conllu), "encoder": encoder or "minilm", "max_words": max_words, "limit": limit})
+    result.update({"data": str(conllu), "encoder": encoder or "minilm", "max_words": max_words,
+                   "max_words_mode": max_words_mode, "limit": limit, "threads": threads})
     typer.echo(format_parser_table(result))
     _write_json(result, output)
     typer.echo(f"Wrote {output}")
@@ -356,17 +397,14 @@ def evaluate_segmenter_cli(
     limit: int = typer.Option(0, help="Only the first N lines (0 = all)."),
     config: str = typer.Option("{}", help="JSON config overrides for kx_segmenter, e.g. '{\"threshold\": 8.0}'."),
     batch_size: int = typer.Option(16, help="Docs per nlp.pipe batch."),
-    threads: int = typer.Option(0, help="torch CPU threads (0 = leave as is)."),
+    threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
 ):
     """kx_segmenter on a SIGHAN bakeoff test set: P / R / F and OOV recall."""
     from ..encoders import chinese_encoder_path
     from ..pipeline_builder import build_pipeline
     from ..readers import read_sighan, read_word_list
 
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     try:
         seg_config = json.loads(config)
     except json.JSONDecodeError as err:

@@ -5,6 +5,7 @@ from typing import List, Optional
 import typer
 
 from . import app
+from ._threads import DEFAULT_THREADS, THREADS_HELP
 
 
 @app.command("self-train-segmenter")
@@ -29,7 +30,7 @@ def self_train_segmenter_cli(
     impacts_cache: Optional[Path] = typer.Option(None, help="An .npz file to keep / reuse the teacher's scores."),
     output: Path = typer.Option(Path("metrics/self_train_segmenter.json"), "--output", "-o", help="Results JSON."),
     segmented: Optional[Path] = typer.Option(None, help="Also write the segmented lines here (space separated)."),
-    threads: int = typer.Option(1, help="torch CPU threads."),
+    threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
 ):
     """Teacher pair scores → confident pseudo-labels → boundary classifier (no gold data used)."""
     from ..errors import KxError

@@ -234,6 +234,13 @@ def _plan(backbone: "Backbone", index: int, words: Sequence[str]) -> Tuple[int, 
 
 
 # -------------------------------------------------------------------------- engine
+def _unit_cost(unit: _Unit) -> int:
+    """How many masked inputs ``_unit_variants`` makes for ``unit``."""
+    m = len(unit.spans)
+    free = m - sum(unit.owned)  # pairs of two words owned elsewhere are skipped
+    return 1 + m + m * (m - 1) // 2 - free * (free - 1) // 2
+
+
 def _unit_variants(unit: _Unit, mask_id: int, offset: int, has_cls: bool):
     """The distinct masked inputs of one unit and the rows each needs.
 
@@ -341,8 +348,9 @@ def compute_impacts(
         tensors that reduces the last axis.
     batch_size (int): most inputs per forward.
     max_batch_tokens (int): most padded pieces per forward.
-    max_variants (int): masked inputs gathered before a round of forwards (bounds memory;
-        sentences are never split across rounds unless one alone exceeds it).
+    max_variants (int): masked inputs gathered before a round of forwards (bounds memory; a
+        round holds whole word windows, so only a window whose variants alone exceed it
+        goes over; a long sentence's windows are spread over rounds).
     progress (callable or None): called with the number of sentences finished, per round.
     RETURNS (List[numpy.ndarray]): per sentence an (n + 1, n + 1) float64 matrix, index 0 =
         ROOT, ``M[i, j]`` = impact of word j on word i.
@@ -361,38 +369,47 @@ def compute_impacts(
     mask_id = backbone.require_mask()
     offset = backbone.content_offset
     has_cls = offset > 0
-    pending: List[Tuple[int, List[_Unit]]] = []
+    pending: List[_Unit] = []
     pending_count = 0
+    remaining = [0] * len(sentences)  # units of each sentence not yet computed
 
     def flush():
         nonlocal pending, pending_count
         if not pending:
             return
         all_seqs, all_pos, owners = [], [], []
-        for n_words, units in pending:
-            for unit in units:
-                seqs, poss, keys = _unit_variants(unit, mask_id, offset, has_cls)
-                owners.append((unit, keys, len(all_seqs), len(seqs)))
-                all_seqs.extend(seqs)
-                all_pos.extend(poss)
+        for unit in pending:
+            seqs, poss, keys = _unit_variants(unit, mask_id, offset, has_cls)
+            owners.append((unit, keys, len(all_seqs), len(seqs)))
+            all_seqs.extend(seqs)
+            all_pos.extend(poss)
         states = backbone.hidden_states(
             all_seqs, positions=all_pos, layers=layers, batch_size=batch_size, max_batch_tokens=max_batch_tokens
         )
+        done = 0
         for unit, keys, start, count in owners:
             M = results[unit.sentence]
             _fill_unit(M, unit, keys, states[start : start + count], mode, dist, has_cls)
-        if progress is not None:
-            progress(len(pending))
+            remaining[unit.sentence] -= 1
+            done += remaining[unit.sentence] == 0
+        if progress is not None and done:
+            progress(done)
         pending, pending_count = [], 0
 
     for si, words in enumerate(sentences):
         n_words, units = _plan(backbone, si, words)
         results[si] = numpy.zeros((n_words + 1, n_words + 1), dtype="float64")
-        cost = sum(1 + len(u.spans) + len(u.spans) * (len(u.spans) - 1) // 2 for u in units)
-        if pending and pending_count + cost > max_variants:
-            flush()
-        pending.append((n_words, units))
-        pending_count += cost
+        remaining[si] = len(units)
+        if not units and progress is not None:
+            progress(1)
+        for unit in units:
+            # a round holds whole word windows, so a long sentence is spread over rounds
+            # and memory stays bounded by max_variants (or by one window's variants)
+            cost = _unit_cost(unit)
+            if pending and pending_count + cost > max_variants:
+                flush()
+            pending.append(unit)
+            pending_count += cost
     flush()
     return results  # type: ignore[return-value]
 

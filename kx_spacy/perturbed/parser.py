@@ -14,6 +14,13 @@ What it sets:
   sentencizer / senter before this pipe), so the boundaries stay exactly as they were; a
   doc without boundaries is parsed as ONE sentence (one tree, ``doc.sents`` then yields the
   whole doc).
+* long sentences: the impacts of a sentence of n words take 1 + n + n(n-1)/2 masked inputs of
+  length n (cubic work) and Eisner decoding is cubic too, so a sentence of more than
+  ``max_sentence_words`` words (default 64) is cut into chunks of at most that many words,
+  each parsed as a sentence of its own (one tree each, so ``doc.sents`` then yields the
+  chunks). A chunk ends after the last sentence-final punctuation mark (spaCy's sentencizer
+  characters) in its second half, else at the limit. A warning says so, once per pipe. The
+  cost of a doc is then linear in its length. ``max_sentence_words = 0`` turns this off.
 * whitespace tokens (and any token the tokenizer maps to no piece) take no part in the
   impacts: each hangs from the nearest word before it (after it, at a sentence start); a
   sentence of such tokens only is a chain on its first token.
@@ -26,11 +33,14 @@ What it sets:
 * ``nlp.pipe(..., n_process=2)`` works; call ``torch.set_num_threads(1)`` in the parent
   first (torch's OpenMP pool does not survive ``fork()``: a forked worker would hang).
 * ``doc._.kx_parse``: a plain dict ``{"sentences": [{"start", "end", "root"}...],
-  "mode", "scoring", "root_strategy"}`` (token indices in the doc), msgpack-safe.
+  "mode", "scoring", "root_strategy"}`` (token indices in the doc; a chunk of a cut sentence
+  also has ``"chunk_of": [start, end]``), msgpack-safe.
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import warnings
 
 import numpy
 from spacy.language import Language
@@ -52,6 +62,7 @@ softmax_quirk = true
 layers = -1
 root_strategy = "centrality"
 batch_size = 256
+max_sentence_words = 64
 
 [kx_parser.decoder]
 @misc = "kx_spacy.Eisner.v1"
@@ -84,6 +95,7 @@ def make_kx_parser(
     layers: Union[int, List[int]],
     root_strategy: str,
     batch_size: int,
+    max_sentence_words: int,
     scorer: Optional[Callable],
 ) -> "KxParser":
     """Build the perturbed-masking parser.
@@ -99,6 +111,9 @@ def make_kx_parser(
     layers (int or List[int]): hidden state(s) for the impacts (-1 = last; a list averages).
     root_strategy (str): ``predict_root`` strategy, or "decoder" to let the decoder choose.
     batch_size (int): masked inputs per forward.
+    max_sentence_words (int): longest sentence parsed whole; a longer one is cut into chunks
+        of at most this many words (cost and memory stay linear in the doc's length;
+        0 = never cut).
     scorer (Callable or None): scores Examples (``kx_spacy.UAS.v1``).
     RETURNS (KxParser): the pipe.
     """
@@ -114,6 +129,7 @@ def make_kx_parser(
         layers=layers,
         root_strategy=root_strategy,
         batch_size=batch_size,
+        max_sentence_words=max_sentence_words,
         scorer=scorer,
     )
 
@@ -148,6 +164,7 @@ class KxParser(Pipe):
         layers: Union[int, List[int]] = -1,
         root_strategy: str = "centrality",
         batch_size: int = 256,
+        max_sentence_words: int = 64,
         scorer: Optional[Callable] = None,
     ) -> None:
         if mode not in MODES:
@@ -158,6 +175,10 @@ class KxParser(Pipe):
             raise KxError(f"kx_parser: unknown root_strategy {root_strategy!r}; choose one of {ROOT_STRATEGIES + ('decoder',)}.")
         if batch_size < 1:
             raise KxError("kx_parser: batch_size must be at least 1.")
+        if isinstance(max_sentence_words, bool) or not isinstance(max_sentence_words, int) or max_sentence_words < 0:
+            raise KxError(f"kx_parser: max_sentence_words must be an int >= 0 (0 = never cut), not {max_sentence_words!r}.")
+        if max_sentence_words == 1:
+            raise KxError("kx_parser: max_sentence_words = 1 would parse no arc; use >= 2 (or 0 = never cut).")
         self.nlp = nlp
         self.name = name
         self.transformer = transformer
@@ -169,7 +190,9 @@ class KxParser(Pipe):
         self.layers = layers
         self.root_strategy = root_strategy
         self.batch_size = batch_size
+        self.max_sentence_words = max_sentence_words
         self.scorer = scorer
+        self._warned_long = False
         install_extensions()
 
     # spaCy calls these -----------------------------------------------------------
@@ -197,6 +220,30 @@ class KxParser(Pipe):
             return [(s.start, s.end) for s in doc.sents]
         return [(0, len(doc))]
 
+    def _chunks(self, doc: Doc, start: int, end: int, kept: List[int]) -> List[Tuple[int, int]]:
+        """[start, end) cut into token ranges of at most ``max_sentence_words`` kept words."""
+        limit = self.max_sentence_words
+        if not limit or len(kept) <= limit:
+            return [(start, end)]
+        from spacy.pipeline.sentencizer import Sentencizer
+
+        final = set(Sentencizer.default_punct_chars)
+        out = []
+        s, k = start, 0  # chunk start token, index into kept of its first word
+        while len(kept) - k > limit:
+            last = kept[k + limit - 1]  # the chunk may end after this token at the latest
+            cut = last + 1
+            for w in range(k + limit - 1, k + limit // 2 - 1, -1):
+                if doc[kept[w]].text in final:
+                    cut = kept[w] + 1
+                    break
+            out.append((s, cut))
+            s = cut
+            while k < len(kept) and kept[k] < cut:
+                k += 1
+        out.append((s, end))
+        return out
+
     def _parse_batch(self, docs: List[Doc]) -> List[Doc]:
         from ..backbone import Backbone
 
@@ -204,11 +251,28 @@ class KxParser(Pipe):
         backbone.require_mask()
         jobs = []  # (doc index, start, end, kept token indices)
         sentences = []
+        cut = []
         for di, doc in enumerate(docs):
-            for start, end in self._sentences(doc):
-                kept = [i for i in range(start, end) if not doc[i].is_space and doc[i].text.strip()]
-                jobs.append((di, start, end, kept))
-                sentences.append([doc[i].text for i in kept])
+            for s_start, s_end in self._sentences(doc):
+                words = [i for i in range(s_start, s_end) if not doc[i].is_space and doc[i].text.strip()]
+                chunks = self._chunks(doc, s_start, s_end, words)
+                if len(chunks) > 1:
+                    cut.append(len(words))
+                for start, end in chunks:
+                    kept = [i for i in words if start <= i < end]
+                    jobs.append((di, start, end, kept, (s_start, s_end) if len(chunks) > 1 else None))
+                    sentences.append([doc[i].text for i in kept])
+        if cut and not self._warned_long:
+            self._warned_long = True
+            warnings.warn(
+                f"[kx_parser] A sentence of {max(cut)} words (more than max_sentence_words = "
+                f"{self.max_sentence_words}) was cut into chunks parsed as sentences of their own: the "
+                "cost of a sentence grows with the cube of its length. Add a sentencizer or senter "
+                "before kx_parser to parse real sentences, or raise max_sentence_words. "
+                "(Said once per pipe.)",
+                UserWarning,
+                stacklevel=3,
+            )
         impacts = (
             compute_impacts(
                 backbone,
@@ -224,7 +288,7 @@ class KxParser(Pipe):
         heads_per_doc: List[Dict[int, int]] = [dict() for _ in docs]
         records: List[List[dict]] = [[] for _ in docs]
         kind = _decoder_kind(self.decoder)
-        for job_i, ((di, start, end, kept), M) in enumerate(zip(jobs, impacts)):
+        for job_i, ((di, start, end, kept, chunk_of), M) in enumerate(zip(jobs, impacts)):
             n = len(kept)
             heads = heads_per_doc[di]
             if n == 0:
@@ -249,7 +313,10 @@ class KxParser(Pipe):
                     continue
                 before = [k for k in kept if k < i]
                 heads[i] = before[-1] if before else kept[0]
-            records[di].append({"start": start, "end": end, "root": int(root_tok)})
+            record = {"start": start, "end": end, "root": int(root_tok)}
+            if chunk_of is not None:
+                record["chunk_of"] = [int(chunk_of[0]), int(chunk_of[1])]
+            records[di].append(record)
         for di, doc in enumerate(docs):
             self._set_annotations(doc, heads_per_doc[di])
             doc._.kx_parse = {

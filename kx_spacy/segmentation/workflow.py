@@ -57,7 +57,8 @@ def run_self_training(
 
         from ..encoders import chinese_encoder_path
 
-        torch.set_num_threads(max(1, threads))
+        if threads > 0:
+            torch.set_num_threads(threads)
         enc = chinese_encoder_path(encoder)
     lines = read_sighan(input_path, segmented=False)
     seg_lines = lines[:limit] if limit else lines

@@ -75,7 +75,7 @@ def oracle_engine(sentences):
         S[0, 1:] = M[0, 1:]
         return S
 
-    def predict_root(M, strategy):
+    def predict_root(M, strategy, words=None):
         return int(numpy.argmax(M[0, 1:])) + 1
 
     return SimpleNamespace(compute_impacts=compute_impacts, impact_to_scores=impact_to_scores,
@@ -141,6 +141,54 @@ def test_parser_real_engine_tiny_model(conllu_path, en_nlp):
         assert r["uuas"] >= r["uas"]
     # gold root forced: at least the root word is right in every sentence
     assert _row(result, "cle", "kx", "gold")["uas"] >= 4 / 17
+
+
+def test_parser_rows_name_the_component_default_and_the_multiroot_decoder(conllu_path):
+    """Issue 16: a row for what nlp.add_pipe("kx_parser") gives; eisner-ref relabelled."""
+    sents = read_conllu(conllu_path)
+    result = evaluate_parser(sents, None, scorings=("official",), progress=False, engine=oracle_engine(sents))
+    row = _row(result, "kx_parser", "symmetric_prior", "pred")
+    assert row["uas"] == 1.0  # the oracle's matrices decode to the gold trees
+    methods = {r["method"] for r in result["rows"]}
+    assert "eisner-multiroot" in methods and "eisner-ref" not in methods
+    assert "kx_parser" in format_parser_table(result)
+    off = evaluate_parser(sents, None, scorings=("kx",), progress=False, engine=oracle_engine(sents),
+                          component_row=False)
+    assert "kx_parser" not in {r["method"] for r in off["rows"]}
+
+
+@pytest.mark.slow
+def test_parser_component_row_equals_the_component(conllu_path, tiny_mlm_dir):
+    from spacy.tokens import Doc
+
+    from kx_spacy.backbone import Backbone
+    from kx_spacy.scoring import attachment_scores
+    from kx_spacy.testing import make_pipeline
+
+    nlp = make_pipeline("en", tiny_mlm_dir)
+    nlp.add_pipe("kx_parser")
+    sents = read_conllu(conllu_path)
+    result = evaluate_parser(sents, Backbone.from_nlp(nlp), scorings=("official",), progress=False)
+    trees = []
+    for s in sents:
+        doc = Doc(nlp.vocab, words=s.words)
+        for _, proc in nlp.pipeline:
+            doc = proc(doc)
+        trees.append([-1] + [0 if t.head.i == t.i else t.head.i + 1 for t in doc])
+    assert _row(result, "kx_parser", "symmetric_prior", "pred")["uas"] == attachment_scores(trees, [s.heads for s in sents])["uas"]
+
+
+def test_threads_default_is_the_same_in_every_perturbed_command():
+    import typer.main
+
+    from kx_spacy.cli import app
+
+    group = typer.main.get_command(app)
+    defaults = {}
+    for name in ("evaluate-parser", "evaluate-segmenter", "bench-perturbed", "self-train-segmenter"):
+        (param,) = [p for p in group.commands[name].params if p.name == "threads"]
+        defaults[name] = param.default
+    assert set(defaults.values()) == {1}, defaults
 
 
 # ------------------------------------------------------------------ segmenter
@@ -211,6 +259,14 @@ def test_cli_commands_write_metrics(tmp_path, conllu_path, tiny_mlm_dir):
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text(encoding="utf8"))
     assert data["n_sentences"] == 3 and data["max_words"] == 3  # sentence d has 10 words
+    assert data["max_words_mode"] == "content"
+    out_all = tmp_path / "metrics" / "parser_all.json"
+    res_all = runner.invoke(app, ["evaluate-parser", str(conllu_path), "--encoder", str(tiny_mlm_dir), "--max-words",
+                                  "3", "--max-words-mode", "all", "--scorings", "kx", "--output", str(out_all)])
+    assert res_all.exit_code == 0, res_all.output
+    assert json.loads(out_all.read_text(encoding="utf8"))["n_sentences"] == 2  # 'the cat sat .' has 4 words
+    bad = runner.invoke(app, ["evaluate-parser", str(conllu_path), "--max-words-mode", "some"])
+    assert bad.exit_code != 0 and "max-words-mode" in bad.output
     assert "right-chain" in res.output and "star" in res.output
     gold = tmp_path / "gold.utf8"
     gold.write_bytes("共同  创造  美好  的  。\r\n新  世纪\r\n".encode("utf8"))

@@ -104,6 +104,26 @@ def test_long_sentence_uses_word_windows(backbone):
     numpy.testing.assert_allclose(M[1, 1 : e + 1], first[1, 1:], atol=1e-5)
 
 
+def test_a_long_sentence_is_spread_over_rounds_with_the_same_result(backbone):
+    """Memory stays bounded: a sentence of many windows no longer goes through in one round."""
+    words = ["snowboarding", "the", "xylophone", "cat", "sat", "."] * 4  # several windows
+    whole = compute_impacts(backbone, [words])[0]
+    calls = []
+    real = backbone.hidden_states
+
+    def counting(seqs, **kwargs):
+        calls.append(len(seqs))
+        return real(seqs, **kwargs)
+
+    backbone.hidden_states = counting
+    try:
+        split = compute_impacts(backbone, [words], max_variants=50)[0]
+    finally:
+        del backbone.hidden_states
+    assert len(calls) > 1  # one round per window
+    numpy.testing.assert_allclose(split, whole, atol=1e-6)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 9), min_size=1, max_size=60), st.integers(4, 20))
 def test_word_windows_cover_and_fit(lengths, width):

@@ -159,3 +159,48 @@ def test_errors_without_usable_transformer(tiny_mlm_dir, tiny_nomask_dir):
     nomask.add_pipe("kx_parser")
     with pytest.raises(NoMaskTokenError):
         nomask("the cat")
+
+
+def test_a_long_doc_without_boundaries_is_cut_into_chunks(tiny_mlm_dir, monkeypatch):
+    """Issue 16: a doc with no sentence boundaries used to be one cubic-cost sentence."""
+    import warnings
+
+    import kx_spacy.perturbed.parser as parser_module
+    from kx_spacy.testing import make_pipeline
+
+    nlp = make_pipeline("en", tiny_mlm_dir)
+    nlp.add_pipe("kx_parser", config={"max_sentence_words": 8})
+    lengths = []
+    real = parser_module.compute_impacts
+
+    def recording(backbone, sentences, **kwargs):
+        lengths.extend(len(s) for s in sentences)
+        return real(backbone, sentences, **kwargs)
+
+    monkeypatch.setattr(parser_module, "compute_impacts", recording)
+    text = " ".join(["the cat sat ."] * 5 + ["a very long clause with no end at all here"])
+    with pytest.warns(UserWarning, match="max_sentence_words"):
+        doc = nlp(text)
+    assert max(lengths) <= 8 and sum(lengths) == len(doc)
+    records = doc._.kx_parse["sentences"]
+    assert all(r["chunk_of"] == [0, len(doc)] for r in records)
+    assert [r["end"] for r in records][:2] == [8, 16]  # cut after a full stop
+    assert records[-1]["end"] == len(doc) and records[0]["start"] == 0
+    assert all(a["end"] == b["start"] for a, b in zip(records, records[1:]))
+    assert [(s.start, s.end) for s in doc.sents] == [(r["start"], r["end"]) for r in records]
+    assert_one_tree_per_sentence(doc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nlp(text)  # said once per pipe
+    short = nlp("the cat sat .")
+    assert "chunk_of" not in short._.kx_parse["sentences"][0]
+
+
+@pytest.mark.parametrize("bad", [-1, 1, 2.5, True])
+def test_max_sentence_words_is_checked(tiny_mlm_dir, bad):
+    from kx_spacy.errors import KxError
+    from kx_spacy.testing import make_pipeline
+
+    nlp = make_pipeline("en", tiny_mlm_dir)
+    with pytest.raises((KxError, Exception), match="max_sentence_words"):
+        nlp.add_pipe("kx_parser", config={"max_sentence_words": bad})

@@ -51,3 +51,56 @@ def bench_attention_cli(
     typer.echo(format_table(result))
     for kind, path in paths.items():
         typer.echo(f"{kind}: {path}")
+
+
+def _overrides(ctx: typer.Context):
+    from spacy.cli._util import parse_config_overrides
+
+    return parse_config_overrides(ctx.args)
+
+
+@app.command("train-linear-attention-lm",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_linear_attention_lm_cli(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="configs/linear_attention/lm_{cpu,gpu}.cfg"),
+    output_dir: Path = typer.Argument(..., help="The engine's folder (checkpoint, metrics.jsonl)."),
+    metrics: Path = typer.Option(None, help="Summary JSON (validation loss, bits/char)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data folder: reads <data_dir>/tinyshakespeare/input.txt."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in output_dir."),
+):
+    """Train the causal character LM (linear attention or, with --model.attention softmax, its twin)."""
+    from ..lm.char_lm import load_lm_config, train_char_lm
+
+    overrides = _overrides(ctx)
+    if data_dir is not None:
+        overrides.setdefault("paths.text", str(data_dir / "tinyshakespeare" / "input.txt"))
+    cfg = load_lm_config(config, overrides)
+    s = train_char_lm(cfg, output_dir, metrics, resume=resume)
+    typer.echo(f"{s['attention']}: val loss {s['val_loss']:.4f}  bits/char {s['val_bits_per_char']:.4f}  "
+               f"steps {s['steps']}  {s['elapsed_s']:.0f} s ({s['stopped_by']})")
+
+
+@app.command("bench-clipping", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_clipping_cli(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="configs/linear_attention/clipping_cpu.cfg"),
+    output_dir: Path = typer.Argument(..., help="Engine folders, one per mode, below this."),
+    metrics_dir: Path = typer.Option(Path("metrics"), help="Folder for bench_clipping.{json,txt,png}."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data folder: reads <data_dir>/tinyshakespeare/input.txt."),
+    modes: str = typer.Option("none,per_array,global_norm,smooth", help="Comma-separated clipping modes."),
+    target_loss: float = typer.Option(2.5, help="Validation loss whose first reaching step is reported."),
+):
+    """No clipping / per-array / global-norm / smooth clipping at a large LR, same seed and budget."""
+    from ..lm.char_lm import load_lm_config
+    from ..lm.clipping_bench import format_clipping_table, run_clipping_bench, save_clipping
+
+    overrides = _overrides(ctx)
+    if data_dir is not None:
+        overrides.setdefault("paths.text", str(data_dir / "tinyshakespeare" / "input.txt"))
+    cfg = load_lm_config(config, overrides)
+    result = run_clipping_bench(cfg, output_dir, modes=[m for m in modes.split(",") if m], target_loss=target_loss)
+    paths = save_clipping(result, metrics_dir)
+    typer.echo(format_clipping_table(result))
+    for p in paths:
+        typer.echo(str(p))

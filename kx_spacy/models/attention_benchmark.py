@@ -368,7 +368,8 @@ def plot_benchmark(result: Dict, path: Path) -> None:
         ax.set_xlabel("sequence length T")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     ax = axes.flat[3]
     dec = result.get("decode")
     if dec:

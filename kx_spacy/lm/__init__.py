@@ -1,0 +1,1 @@
+"""Language-modelling tasks and experiments on the training engine (character LM, clipping)."""

@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+from spacy.util import registry
 
 from ..errors import GeneratorConfigError
 
@@ -75,6 +78,8 @@ def _check_temperature(temperature: float) -> float:
 
 
 def _make_generator(seed: Optional[int], device) -> Optional[torch.Generator]:
+    import torch
+
     if seed is None:
         return None
     gen = torch.Generator(device=device)
@@ -103,6 +108,8 @@ class _StepwiseStrategy(DecodingStrategy):
         raise NotImplementedError
 
     def decode(self, model, state, batch_size, *, bos_id, eos_id, max_length, seed=None):
+        import torch
+
         max_length = check_max_length(max_length)
         device = _device_of(state, torch.zeros(1))
         tokens = torch.full((batch_size,), int(bos_id), dtype=torch.long, device=device)
@@ -142,6 +149,8 @@ class _StepwiseStrategy(DecodingStrategy):
 
 def _device_of(state, tokens):
     """The device of the first tensor found in ``state`` (else that of ``tokens``)."""
+    import torch
+
     if isinstance(getattr(state, "device", None), torch.device):
         return state.device
     found = _first_tensor(state)
@@ -149,6 +158,8 @@ def _device_of(state, tokens):
 
 
 def _first_tensor(obj) -> Optional[torch.Tensor]:
+    import torch
+
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, dict):
@@ -167,6 +178,8 @@ class Greedy(_StepwiseStrategy):
     name = "greedy"
 
     def choose(self, log_probs, eos_id, generator):
+        import torch
+
         best_lp, best = log_probs.max(dim=-1)
         is_eos = log_probs[:, eos_id] >= best_lp - TIE
         return torch.where(is_eos, torch.full_like(best, eos_id), best)
@@ -201,6 +214,8 @@ class Sampling(_StepwiseStrategy):
 
     def sampling_log_probs(self, log_probs: torch.Tensor, eos_id: int) -> torch.Tensor:
         """The (tempered, filtered, renormalised) distribution sampled from, in log space."""
+        import torch
+
         lp = log_probs.float()
         T = self.temperature
         if T != 1.0:
@@ -230,12 +245,16 @@ class Sampling(_StepwiseStrategy):
         return lp
 
     def choose(self, log_probs, eos_id, generator):
+        import torch
+
         probs = self.sampling_log_probs(log_probs, eos_id).exp()
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 def log1mexp_safe(a: torch.Tensor) -> torch.Tensor:
     """log(1 − exp(a)) for a ≤ 0 (−inf at a = 0)."""
+    import torch
+
     a = a.clamp(max=0.0)
     return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
@@ -264,6 +283,8 @@ class BeamSearch(DecodingStrategy):
         return scores / ((5.0 + lengths.float()) / 6.0) ** self.length_penalty
 
     def decode(self, model, state, batch_size, *, bos_id, eos_id, max_length, seed=None):
+        import torch
+
         max_length = check_max_length(max_length)
         B, k = batch_size, self.width
         dev = _device_of(state, torch.zeros(1))
@@ -319,6 +340,7 @@ class BeamSearch(DecodingStrategy):
 
 
 # ------------------------------------------------------------------ registered builders
+@registry.misc("kx_spacy.GreedyDecoding.v1")
 def make_greedy() -> Greedy:
     """kx_spacy.GreedyDecoding.v1: the most likely token at each step.
 
@@ -327,6 +349,7 @@ def make_greedy() -> Greedy:
     return Greedy()
 
 
+@registry.misc("kx_spacy.BeamSearch.v1")
 def make_beam_search(width: int = 4, length_penalty: float = 0.0) -> BeamSearch:
     """kx_spacy.BeamSearch.v1: batched beam search with a GNMT length penalty.
 
@@ -337,6 +360,7 @@ def make_beam_search(width: int = 4, length_penalty: float = 0.0) -> BeamSearch:
     return BeamSearch(width, length_penalty)
 
 
+@registry.misc("kx_spacy.AncestralSampling.v1")
 def make_ancestral(temperature: float = 1.0, consistent: bool = True) -> Sampling:
     """kx_spacy.AncestralSampling.v1: sampling from the full distribution.
 
@@ -347,6 +371,7 @@ def make_ancestral(temperature: float = 1.0, consistent: bool = True) -> Samplin
     return Sampling(temperature=temperature, consistent=consistent)
 
 
+@registry.misc("kx_spacy.TopKSampling.v1")
 def make_top_k(k: int = 10, temperature: float = 1.0, consistent: bool = True) -> Sampling:
     """kx_spacy.TopKSampling.v1: sampling from the k most likely tokens (+ EOS if consistent).
 
@@ -358,6 +383,7 @@ def make_top_k(k: int = 10, temperature: float = 1.0, consistent: bool = True) -
     return Sampling(temperature=temperature, top_k=k, consistent=consistent)
 
 
+@registry.misc("kx_spacy.NucleusSampling.v1")
 def make_nucleus(p: float = 0.9, temperature: float = 1.0, consistent: bool = True) -> Sampling:
     """kx_spacy.NucleusSampling.v1: sampling from the top-p nucleus (+ EOS if consistent).
 
@@ -376,14 +402,3 @@ STRATEGY_NAMES = {
     "kx_spacy.TopKSampling.v1": make_top_k,
     "kx_spacy.NucleusSampling.v1": make_nucleus,
 }
-
-
-def _register() -> None:
-    from spacy.util import registry
-
-    for name, fn in STRATEGY_NAMES.items():
-        if name not in registry.misc:
-            registry.misc.register(name, func=fn)
-
-
-_register()

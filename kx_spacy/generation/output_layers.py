@@ -33,7 +33,8 @@ Every layer has the same API:
 
 Registered builders (``registry.misc``) return an :class:`OutputLayerSpec`; the generator
 builds the torch module once it knows the vocabulary: ``spec.build(hidden, n_vocab, eos_id,
-never_ids)``.
+never_ids)``. The torch modules live in ``kx_spacy/models/stop_safe_output.py`` (re-exported
+here on first access, so importing this module imports no torch).
 """
 from __future__ import annotations
 
@@ -41,19 +42,11 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import torch
-from torch import nn
-from torch.nn import functional as F
+from spacy.util import registry
 
 from ..errors import GeneratorConfigError
 
 KINDS = ("softmax", "st", "nmst")
-INIT_EOS_BIAS = 3.0  # initial EOS-row bias of the ST (+) / NMST (−) layers
-
-
-def log1mexp(a: torch.Tensor) -> torch.Tensor:
-    """``log(1 − exp(a))`` for ``a ≤ 0``, accurate over the whole range (Mächler 2012)."""
-    return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
 
 def check_epsilon(epsilon: float) -> float:
@@ -69,124 +62,17 @@ def check_epsilon(epsilon: float) -> float:
     return value
 
 
-class _OutputBase(nn.Module):
-    kind = "softmax"
 
-    def __init__(self, hidden_size: int, vocab_size: int, eos_id: int, never_ids: Sequence[int] = ()):
-        super().__init__()
-        if not 0 <= eos_id < vocab_size:
-            raise GeneratorConfigError(f"eos_id {eos_id} is outside the vocabulary of size {vocab_size}.")
-        self.hidden_size = int(hidden_size)
-        self.vocab_size = int(vocab_size)
-        self.eos_id = int(eos_id)
-        self.proj = nn.Linear(hidden_size, vocab_size)
-        never = torch.zeros(vocab_size, dtype=torch.bool)
-        for i in never_ids:
-            if int(i) == eos_id:
-                raise GeneratorConfigError("EOS cannot be one of the never-generated ids.")
-            never[int(i)] = True
-        self.register_buffer("never", never, persistent=False)
-        other = never.clone()
-        other[eos_id] = True  # the non-EOS softmax excludes EOS and the never ids
-        self.register_buffer("not_other", other, persistent=False)
-
-    # -- API
-    def initial_state(self, batch_size: int, device=None) -> torch.Tensor:
-        """The state before step 1: a (batch_size,) float tensor."""
-        return torch.zeros(batch_size, device=device)
-
-    def lower_bound(self, t: int) -> float:
-        """The guaranteed p(eos | t) at step ``t`` (1-based)."""
-        return 0.0
-
-    def _other_log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(logits.masked_fill(self.not_other, float("-inf")), dim=-1)
-
-    def _assemble(self, log_other: torch.Tensor, log_eos: torch.Tensor) -> torch.Tensor:
-        """Put log p(eos) (…,) into the EOS column of ``log_other`` (…, V)."""
-        out = log_other.clone()
-        out[..., self.eos_id] = log_eos
-        return out
+_TORCH_NAMES = ("log1mexp", "SoftmaxOutput", "SelfTerminatingOutput", "NonMonotonicSelfTerminatingOutput", "LAYERS",
+                "INIT_EOS_BIAS")
 
 
-class SoftmaxOutput(_OutputBase):
-    """Plain softmax over the vocabulary (minus the never ids)."""
+def __getattr__(name):  # PEP 562: the torch modules, imported on first use
+    if name in _TORCH_NAMES:
+        from ..models import stop_safe_output
 
-    kind = "softmax"
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(hidden).float()
-        return torch.log_softmax(logits.masked_fill(self.never, float("-inf")), dim=-1)
-
-    def step(self, hidden_t: torch.Tensor, state: torch.Tensor):
-        return self.forward(hidden_t), state + 1.0
-
-
-class SelfTerminatingOutput(_OutputBase):
-    """Welleck et al. (2020)'s self-terminating layer; the state is ``log α_{t−1}``."""
-
-    kind = "st"
-
-    def __init__(self, hidden_size, vocab_size, eos_id, never_ids=(), *, epsilon: float = 1e-3):
-        super().__init__(hidden_size, vocab_size, eos_id, never_ids)
-        self.epsilon = check_epsilon(epsilon)
-        self.log_keep = math.log1p(-self.epsilon)  # log(1 − ε) < 0
-        with torch.no_grad():  # start near "keep going" (σ ≈ 0.95), not p(eos) ≈ 1/2 at step 1
-            self.proj.bias[eos_id] = INIT_EOS_BIAS
-
-    def lower_bound(self, t: int) -> float:
-        return -math.expm1(t * self.log_keep)
-
-    def _from_log_alpha(self, logits: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
-        log_other = log_alpha.unsqueeze(-1) + self._other_log_softmax(logits)
-        return self._assemble(log_other, log1mexp(log_alpha))
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(hidden).float()
-        log_beta = self.log_keep + F.logsigmoid(logits[..., self.eos_id])
-        return self._from_log_alpha(logits, torch.cumsum(log_beta, dim=-1))
-
-    def step(self, hidden_t: torch.Tensor, state: torch.Tensor):
-        logits = self.proj(hidden_t).float()
-        log_alpha = state + self.log_keep + F.logsigmoid(logits[..., self.eos_id])
-        return self._from_log_alpha(logits, log_alpha), log_alpha
-
-
-class NonMonotonicSelfTerminatingOutput(_OutputBase):
-    """Choi et al. (2023)'s non-monotonic self-terminating layer; the state is ``t − 1``."""
-
-    kind = "nmst"
-
-    def __init__(self, hidden_size, vocab_size, eos_id, never_ids=(), *, epsilon: float = 1e-3):
-        super().__init__(hidden_size, vocab_size, eos_id, never_ids)
-        self.epsilon = check_epsilon(epsilon)
-        self.log_keep = math.log1p(-self.epsilon)
-        with torch.no_grad():  # start near "keep going" (σ ≈ 0.05)
-            self.proj.bias[eos_id] = -INIT_EOS_BIAS
-
-    def lower_bound(self, t: int) -> float:
-        return -math.expm1(t * self.log_keep)
-
-    def _at_steps(self, logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        z = logits[..., self.eos_id]
-        log_lb_keep = t * self.log_keep  # log (1 − ε)^t
-        log_not_eos = log_lb_keep + F.logsigmoid(-z)  # log(1 − p_eos) = t log(1−ε) + log(1 − σ)
-        log_eos = torch.logaddexp(log1mexp(log_lb_keep) + F.logsigmoid(-z), F.logsigmoid(z))
-        log_other = log_not_eos.unsqueeze(-1) + self._other_log_softmax(logits)
-        return self._assemble(log_other, log_eos)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(hidden).float()
-        steps = torch.arange(1, logits.shape[-2] + 1, device=logits.device, dtype=logits.dtype)
-        return self._at_steps(logits, steps.expand(logits.shape[:-1]))
-
-    def step(self, hidden_t: torch.Tensor, state: torch.Tensor):
-        logits = self.proj(hidden_t).float()
-        t = state + 1.0
-        return self._at_steps(logits, t), t
-
-
-LAYERS = {"softmax": SoftmaxOutput, "st": SelfTerminatingOutput, "nmst": NonMonotonicSelfTerminatingOutput}
+        return getattr(stop_safe_output, name)
+    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -206,8 +92,10 @@ class OutputLayerSpec:
         if self.kind != "softmax":
             check_epsilon(self.epsilon)
 
-    def build(self, hidden_size: int, vocab_size: int, eos_id: int, never_ids: Sequence[int] = ()) -> _OutputBase:
+    def build(self, hidden_size: int, vocab_size: int, eos_id: int, never_ids: Sequence[int] = ()):
         """The torch module for a vocabulary of ``vocab_size`` with EOS at ``eos_id``."""
+        from ..models.stop_safe_output import LAYERS
+
         cls = LAYERS[self.kind]
         if self.kind == "softmax":
             return cls(hidden_size, vocab_size, eos_id, never_ids)
@@ -271,6 +159,7 @@ def termination_bound(epsilon: Optional[float], length: Optional[int] = None) ->
 
 
 # ------------------------------------------------------------------ registered builders
+@registry.misc("kx_spacy.SoftmaxOutput.v1")
 def make_softmax_output() -> OutputLayerSpec:
     """kx_spacy.SoftmaxOutput.v1: a plain softmax output layer.
 
@@ -279,6 +168,7 @@ def make_softmax_output() -> OutputLayerSpec:
     return OutputLayerSpec("softmax")
 
 
+@registry.misc("kx_spacy.SelfTerminatingOutput.v1")
 def make_self_terminating_output(epsilon: float = 1e-3) -> OutputLayerSpec:
     """kx_spacy.SelfTerminatingOutput.v1: Welleck et al. (2020)'s ST layer.
 
@@ -288,6 +178,7 @@ def make_self_terminating_output(epsilon: float = 1e-3) -> OutputLayerSpec:
     return OutputLayerSpec("st", check_epsilon(epsilon))
 
 
+@registry.misc("kx_spacy.NonMonotonicSelfTerminatingOutput.v1")
 def make_non_monotonic_output(epsilon: float = 1e-3) -> OutputLayerSpec:
     """kx_spacy.NonMonotonicSelfTerminatingOutput.v1: Choi et al. (2023)'s NMST layer.
 
@@ -295,18 +186,3 @@ def make_non_monotonic_output(epsilon: float = 1e-3) -> OutputLayerSpec:
     RETURNS (OutputLayerSpec): the layer to build once the vocabulary is known.
     """
     return OutputLayerSpec("nmst", check_epsilon(epsilon))
-
-
-def _register() -> None:
-    from spacy.util import registry
-
-    for name, fn in (
-        ("kx_spacy.SoftmaxOutput.v1", make_softmax_output),
-        ("kx_spacy.SelfTerminatingOutput.v1", make_self_terminating_output),
-        ("kx_spacy.NonMonotonicSelfTerminatingOutput.v1", make_non_monotonic_output),
-    ):
-        if name not in registry.misc:
-            registry.misc.register(name, func=fn)
-
-
-_register()

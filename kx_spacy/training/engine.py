@@ -243,14 +243,15 @@ class Trainer:
             epoch, skip = epoch + 1, 0
 
     def _save(self, step, position, items_seen, elapsed, history, bad_total, loss_ema) -> None:
-        rng = self.dist.gather_objects(_rng_state(self.device))
+        rng = self.dist.gather_objects(_rng_state(self.device))  # every rank's, in rank order
         positions = self.dist.gather_objects(position)
+        tasks = self.dist.gather_objects(self.task.state_dict() if hasattr(self.task, "state_dict") else None)
         if self.dist.is_main:
             state = {
                 "module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "task": self.task.state_dict() if hasattr(self.task, "state_dict") else None,
+                "task": tasks,
                 "step": step, "positions": positions, "rng": rng, "items_seen": items_seen,
                 "elapsed": elapsed, "history": history, "bad_steps": bad_total, "loss_ema": loss_ema,
                 "world_size": self.dist.world, "config": asdict(self.config),
@@ -273,11 +274,12 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state["scaler"] is not None:
                 self.scaler.load_state_dict(state["scaler"])
-            if hasattr(task, "load_state_dict") and state["task"] is not None:
-                task.load_state_dict(state["task"])
             same_world = state["world_size"] == dist.world
-            _set_rng_state(state["rng"][dist.rank if same_world else 0], self.device)
-            position = tuple(state["positions"][dist.rank if same_world else 0])
+            mine = dist.rank if same_world else 0
+            if hasattr(task, "load_state_dict") and state["task"][mine] is not None:
+                task.load_state_dict(state["task"][mine])
+            _set_rng_state(state["rng"][mine], self.device)
+            position = tuple(state["positions"][mine])
             step, items_seen, elapsed_before = state["step"], state["items_seen"], state["elapsed"]
             history, bad_total, loss_ema = state["history"], state["bad_steps"], state["loss_ema"]
         elif cfg.seed is not None:

@@ -39,8 +39,10 @@ def test_identity_compares_resolved_paths_and_digests(tmp_path, monkeypatch):
     a, b = file_identity("sub/f.txt"), file_identity(tmp_path / "sub" / ".." / "sub" / "f.txt")
     assert a == b and a["path"] == str(tmp_path.resolve() / "sub" / "f.txt")
     check_identity({"f": a, "n": (1, 2)}, {"f": b, "n": [1, 2]}, tmp_path)
-    with pytest.raises(CheckpointMismatchError, match=r"n: checkpoint \[1, 2\] ≠ now \[1, 3\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"n\.1: checkpoint 2 ≠ now 3"):
         check_identity({"f": a, "n": [1, 2]}, {"f": b, "n": [1, 3]}, tmp_path)
+    with pytest.raises(CheckpointMismatchError, match=r"n: checkpoint \[1, 2\] ≠ now \[1\]"):
+        check_identity({"f": a, "n": [1, 2]}, {"f": b, "n": [1]}, tmp_path)
 
 
 @pytest.mark.slow

@@ -70,16 +70,9 @@ class ConlluSentence:
 
 
 def _open_text(path: PathLike) -> str:
-    path = Path(path)
-    if not path.exists():
-        raise DataFormatError(f"No such file: {path}. Check the data_dir / KX_DATA setting.")
-    if path.is_dir():
-        raise DataFormatError(f"Expected a file, got the folder {path}.")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"{path} is not UTF-8 text: {err}") from err
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+    from .text import read_text_file
+
+    return read_text_file(path)  # bad bytes: an error naming the file, line and column
 
 
 def parse_conllu(text: str, *, source: str = "<string>") -> List[ConlluSentence]:

@@ -374,8 +374,12 @@ def evaluate_segmenter(
     from ..errors import KxError
     from ..scoring import segmentation_scores
 
+    from ..text import clean_lines
+
     if len(lines) != len(gold):
         raise KxError(f"{len(lines)} input lines but {len(gold)} gold lines; the files must match.")
+    # a lone surrogate would crash spaCy's tokenizer and the whole nlp.pipe call: say where first
+    lines = list(clean_lines(lines, where="the input lines"))
     start = time.perf_counter()
     pred: List[List[str]] = []
     docs = nlp.pipe(lines, batch_size=batch_size)

@@ -79,9 +79,11 @@ def _decoded_lines(path: Path, on_invalid: str, stats: FileStats) -> Iterator[Tu
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 if on_invalid == "fail":
+                    from ..text import describe_bad_bytes
+
                     raise InvalidUTF8Error(
-                        f"{path}:{lineno}: invalid UTF-8 at byte {err.start} of the line "
-                        f"({err.reason}). Fix the file or pass --on-invalid skip."
+                        f"{path}:{lineno}: {describe_bad_bytes(raw, err).replace('line 1, ', '', 1)} "
+                        "Or pass --on-invalid skip."
                     ) from None
                 stats.invalid_lines.append(lineno)
                 continue

@@ -12,10 +12,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def raw_lines(paths: Optional[Sequence[Path]]) -> List[str]:
-    """The lines of plain-text files, whitespace removed."""
+    """The lines of plain-text files, whitespace removed (bad bytes: an error naming the line)."""
+    from ..text import read_text_file
+
     out: List[str] = []
     for p in paths or []:
-        out += ["".join(x.split()) for x in Path(p).read_text(encoding="utf-8").splitlines()]
+        out += ["".join(x.split()) for x in read_text_file(p).splitlines()]
     return out
 
 

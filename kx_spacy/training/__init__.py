@@ -54,8 +54,11 @@ raise ``NonFiniteLossError``), the optimizer and schedule step, then evaluation 
 every ``eval_every`` / ``checkpoint_every`` steps and at the end. Budgets: ``max_steps`` and
 ``max_time_minutes``. Rank 0 writes ``<output_dir>/metrics.jsonl`` (records "step", "eval",
 "bad_step", "overflow", "end") and the atomic ``<output_dir>/checkpoint/`` (module, optimizer,
-schedule, scaler, task state, every rank's random state and data position), so a resumed run
-continues exactly where the last complete checkpoint stopped.
+schedule, scaler, every rank's task state, random state and data position), so a resumed run
+continues exactly where the last complete checkpoint stopped (resumed under another world size,
+every rank starts from rank 0's position and state). A "step" record holds the loss averaged
+over micro-batches and ranks, the learning rate, the pre-clip gradient norm, items and items/s,
+and the task's own logs (rank 0's, averaged over micro-batches).
 """
 from importlib import import_module
 

@@ -363,9 +363,10 @@ class Trainer:
                     loss_mean = tot_loss / dist.world
                     loss_ema = loss_mean if loss_ema is None else 0.98 * loss_ema + 0.02 * loss_mean
                     now = time.time()
-                    log.write("step", step=step, epoch=position[0], loss=loss_mean, lr=lr, grad_norm=gnorm,
-                              items=int(tot_items), items_per_s=tot_items / max(now - last, 1e-9),
-                              elapsed_s=round(elapsed, 3), **logs_acc)
+                    log.write("step", **{**logs_acc, "step": step, "epoch": position[0], "loss": loss_mean,
+                                         "lr": lr, "grad_norm": gnorm, "items": int(tot_items),
+                                         "items_per_s": tot_items / max(now - last, 1e-9),
+                                         "elapsed_s": round(elapsed, 3)})
                     last = now
                     win_items += tot_items
                     if now - win_start > 5:

@@ -66,6 +66,7 @@ def annotate(
     threads_per_worker: int = 1,
     fmt: str = "auto",
     text_key: str = "text",
+    on_invalid: str = "error",
     progress: bool = True,
 ) -> AnnotateReport:
     """Annotate ``input_path`` with ``pipeline`` into DocBin shards in ``output_dir``.
@@ -80,6 +81,7 @@ def annotate(
     num_cpus (Optional[int]): CPUs of the local Ray instance (None: Ray's default).
     gpus_per_actor (float): GPUs each actor asks Ray for (the pipeline then runs on the GPU).
     threads_per_worker (int): torch threads in each worker.
+    on_invalid (str): a text with a lone surrogate: "error" (naming file and line) or "replace".
     RETURNS (AnnotateReport): counts and time; the output is verified complete.
     """
     if engine not in ENGINES:
@@ -97,10 +99,10 @@ def annotate(
     todo = [s for s in shards if (s.start, s.end) not in done]
     if todo:
         if engine == "local":
-            _run_local(pipeline, input_path, output_dir, todo, fmt, text_key, batch_size, n_process,
+            _run_local(pipeline, input_path, output_dir, todo, (fmt, text_key, on_invalid), batch_size, n_process,
                        threads_per_worker, progress)
         else:
-            _run_ray(pipeline, input_path, output_dir, todo, fmt, text_key, batch_size, actors, address,
+            _run_ray(pipeline, input_path, output_dir, todo, (fmt, text_key, on_invalid), batch_size, actors, address,
                      num_cpus, gpus_per_actor, threads_per_worker, progress)
     total = verify_output(output_dir, shards)
     if total != n_records:  # pragma: no cover - verify_output checks each shard's count
@@ -109,7 +111,7 @@ def annotate(
                           docs_written=sum(s.end - s.start for s in todo), seconds=time.time() - start)
 
 
-def _run_local(pipeline, input_path, output_dir, todo: List[Shard], fmt, text_key, batch_size, n_process,
+def _run_local(pipeline, input_path, output_dir, todo: List[Shard], reading, batch_size, n_process,
                threads, progress) -> None:
     import spacy
     import torch
@@ -126,7 +128,7 @@ def _run_local(pipeline, input_path, output_dir, todo: List[Shard], fmt, text_ke
 
     def items() -> Iterator[Tuple[str, Optional[Dict]]]:
         for shard in todo:
-            yield from read_shard(input_path, shard, fmt, text_key)
+            yield from read_shard(input_path, shard, *reading)
 
     bar = tqdm(total=sum(s.end - s.start for s in todo), unit="doc", desc="annotate (local)", disable=not progress)
     docs = _with_records(nlp, items(), batch_size, n_process)
@@ -140,7 +142,7 @@ def _run_local(pipeline, input_path, output_dir, todo: List[Shard], fmt, text_ke
 class _ShardAnnotator:
     """A Ray Data actor: loads the pipeline once, then annotates whole shards."""
 
-    def __init__(self, pipeline, input_path, output_dir, fmt, text_key, batch_size, threads):
+    def __init__(self, pipeline, input_path, output_dir, reading, batch_size, threads):
         import ray
         import spacy
         import torch
@@ -149,24 +151,24 @@ class _ShardAnnotator:
         if ray.get_gpu_ids():
             spacy.require_gpu()
         self.nlp = spacy.load(pipeline)
-        self.args = (Path(input_path), Path(output_dir), fmt, text_key, batch_size)
+        self.args = (Path(input_path), Path(output_dir), tuple(reading), batch_size)
 
     def __call__(self, batch: Dict) -> Dict:
         import numpy as np
 
-        input_path, output_dir, fmt, text_key, batch_size = self.args
+        input_path, output_dir, reading, batch_size = self.args
         names, counts = [], []
         for start, end, offset in zip(batch["start"], batch["end"], batch["offset"]):
             shard = Shard(int(start), int(end), int(offset))
             if not (output_dir / shard.name).exists():  # a retry of a shard that did finish
-                docs = list(_with_records(self.nlp, read_shard(input_path, shard, fmt, text_key), batch_size))
+                docs = list(_with_records(self.nlp, read_shard(input_path, shard, *reading), batch_size))
                 write_shard_atomic(docs, output_dir, shard)
             names.append(shard.name)
             counts.append(shard.end - shard.start)
         return {"shard": np.array(names), "docs": np.array(counts)}
 
 
-def _run_ray(pipeline, input_path, output_dir, todo: List[Shard], fmt, text_key, batch_size, actors, address,
+def _run_ray(pipeline, input_path, output_dir, todo: List[Shard], reading, batch_size, actors, address,
              num_cpus, gpus_per_actor, threads, progress) -> None:
     import ray
     from tqdm import tqdm
@@ -191,7 +193,7 @@ def _run_ray(pipeline, input_path, output_dir, todo: List[Shard], fmt, text_key,
             num_gpus=gpus_per_actor or None,
             fn_constructor_kwargs=dict(
                 pipeline=str(pipeline), input_path=str(Path(input_path).resolve()),
-                output_dir=str(Path(output_dir).resolve()), fmt=fmt, text_key=text_key,
+                output_dir=str(Path(output_dir).resolve()), reading=reading,
                 batch_size=batch_size, threads=threads,
             ),
             # a killed actor is restarted and its shard retried

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from ..errors import KxError
+from ..text import clean_text
 
 SHARD_RE = re.compile(r"^(\d{9,})-(\d{9,})\.spacy$")
 INDEX_NAME = "kx_annotate_index.json"
@@ -77,10 +78,13 @@ def index_corpus(path: Path, shard_size: int) -> Tuple[List[Shard], int]:
     return shards, n
 
 
-def read_shard(path: Path, shard: Shard, fmt: str, text_key: str = "text") -> Iterator[Tuple[str, Optional[Dict]]]:
+def read_shard(path: Path, shard: Shard, fmt: str, text_key: str = "text",
+               on_invalid: str = "error") -> Iterator[Tuple[str, Optional[Dict]]]:
     """Yield (text, record or None) for the records of ``shard``.
 
-    Lone surrogates and undecodable bytes are refused with the file and line that hold them.
+    Undecodable bytes are refused with the file and line that hold them; lone surrogates (which
+    JSON escapes can carry and spaCy's tokenizer cannot take) are refused or, with
+    ``on_invalid="replace"``, replaced by U+FFFD (:func:`kx_spacy.text.clean_text`).
     """
     with Path(path).open("rb") as f:
         f.seek(shard.offset)
@@ -106,19 +110,7 @@ def read_shard(path: Path, shard: Shard, fmt: str, text_key: str = "text") -> It
                     text = record.pop(text_key)
             else:
                 text = line
-            _check_text(text, path, lineno)
-            yield text, record
-
-
-def _check_text(text: str, path: Path, lineno: int) -> None:
-    # JSON escapes can carry lone surrogates ("\udfff") that spaCy's tokenizer cannot handle
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise AnnotateError(
-            f"{path}:{lineno}: lone surrogate {text[err.start]!r} at character {err.start}; "
-            "fix the input (it usually comes from decoding with errors='surrogateescape')"
-        ) from err
+            yield clean_text(text, where=str(path), line=lineno, on_invalid=on_invalid), record
 
 
 def write_shard_atomic(docs, out_dir: Path, shard: Shard) -> Path:

@@ -24,13 +24,15 @@ def annotate_cli(
     threads: int = typer.Option(1, help="torch threads per worker."),
     fmt: str = typer.Option("auto", "--format", help="auto, text or jsonl."),
     text_key: str = typer.Option("text", help="jsonl: the field holding the text."),
+    on_invalid: str = typer.Option("error", help="A lone surrogate in a text: error (names file and line) or replace (U+FFFD)."),
 ):
     """Annotate a corpus of any size into resumable, verified DocBin shards."""
     from ..annotation.engines import annotate
 
     report = annotate(pipeline, input_path, output_dir, engine=engine, shard_size=shard_size, batch_size=batch_size,
                       n_process=n_process, actors=actors, address=address, num_cpus=num_cpus,
-                      gpus_per_actor=gpus_per_actor, threads_per_worker=threads, fmt=fmt, text_key=text_key)
+                      gpus_per_actor=gpus_per_actor, threads_per_worker=threads, fmt=fmt, text_key=text_key,
+                      on_invalid=on_invalid)
     r = report.to_dict()
     typer.echo(f"{r['records']} records in {r['shards']} shards ({r['shards_skipped']} already done); "
                f"{r['docs_written']} docs written in {r['seconds']:.1f} s ({r['docs_per_s']} docs/s); output verified")

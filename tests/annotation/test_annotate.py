@@ -11,6 +11,7 @@ import pytest
 from spacy.tokens import DocBin
 
 from kx_spacy.annotation.engines import annotate
+from kx_spacy.errors import KxError
 from kx_spacy.annotation.shards import AnnotateError, finished_shards, index_corpus
 
 WORDS = "the cat sat on a mat while dogs ran far away".split()
@@ -91,16 +92,23 @@ def test_jsonl_keeps_the_other_fields(pipeline_dir, tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"text": "bad \\udfff here"}', "c.jsonl:2: lone surrogate"),
+    ('{"text": "bad \\udfff here"}', "c.jsonl:2: column 5: a lone surrogate"),
     ('{"txt": "no text field"}', "c.jsonl:2: expected an object"),
     ("not json", "c.jsonl:2: not a JSON object"),
 ])
 def test_bad_records_name_file_and_line(pipeline_dir, tmp_path, line, message):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "fine ."}\n' + line + "\n", encoding="utf8")
-    with pytest.raises(AnnotateError, match=message):
+    with pytest.raises(KxError, match=message):
         annotate(str(pipeline_dir), corpus, tmp_path / "out", shard_size=1, progress=False)
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_lone_surrogates_can_be_replaced(pipeline_dir, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "bad \\udfff here"}\n', encoding="utf8")
+    annotate(str(pipeline_dir), corpus, tmp_path / "out", on_invalid="replace", progress=False)
+    assert _read(tmp_path / "out")[0].text == "bad \ufffd here"
 
 
 def test_invalid_settings(pipeline_dir, tmp_path):

@@ -37,8 +37,10 @@ def global_grad_norm(parameters: Iterable["torch.nn.Parameter"]) -> float:
     grads = _grads(parameters)
     if not grads:
         return 0.0
-    norms = torch.stack([g.detach().float().norm(2) for g in grads])
-    return float(norms.norm(2))
+    # half-precision gradients are summed in fp32; fp32 / fp64 ones in their own precision
+    norms = torch.stack([g.detach().norm(2, dtype=torch.float64 if g.dtype == torch.float64 else torch.float32)
+                         for g in grads])
+    return norms.double().norm(2).item()
 
 
 def clip_grad_global_norm(parameters: Iterable["torch.nn.Parameter"], max_norm: float) -> float:

@@ -282,7 +282,9 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
     train = load_mnist_train(data_dir)
     seed = int(e["test_seed"])
     images_final = test_images(data_dir, int(e["num_images"]), seed)
-    images_marks = images_final[: int(e["marks_num_images"])] if e["marks_num_images"] else images_final
+    n_marks = int(e["marks_num_images"]) or images_final.shape[0]
+    images_marks = images_final[:n_marks] if n_marks <= images_final.shape[0] else \
+        test_images(data_dir, n_marks, seed)
     if int(t["num_threads"]):
         torch.set_num_threads(int(t["num_threads"]))
     metrics: Dict[str, Any] = {

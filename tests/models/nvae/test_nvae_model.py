@@ -65,6 +65,7 @@ def test_padded_and_logistic_mixture_models():
     assert mix.sample(2, 0.8).shape == (2, 1, 28, 28)
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     model = NVAE(NVAEConfig.tiny())

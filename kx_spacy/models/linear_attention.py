@@ -271,6 +271,8 @@ def _chunks(x: Tensor, c: int) -> Tensor:
 
 def _causal_cumsum(fq, fk, v, c, s0, z0, normalize, eps):
     """Chunked causal form; every chunk's incoming state from one cumsum over chunks."""
+    if fq.dtype in (torch.float32, torch.float64):
+        return _causal_cumsum_fused(fq, fk, v, c, s0, z0, normalize, eps)
     b, h, t, _ = fq.shape
     q, k, vv = _chunks(fq, c), _chunks(fk, c), _chunks(v, c)
     tril = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
@@ -294,6 +296,32 @@ def _causal_cumsum(fq, fk, v, c, s0, z0, normalize, eps):
     out = _finish(num, den, normalize, eps)
     out = out.reshape(b, h, -1, out.shape[-1])[:, :, :t]
     return out, s_final, z_final
+
+
+def _causal_cumsum_fused(fq, fk, v, c, s0, z0, normalize, eps):
+    """The cumsum form for fp32 / fp64 inputs with the normaliser fused into the values.
+
+    A column of ones appended to v makes every product carry its own denominator: a @ [v, 1]
+    gives the intra-chunk numerator and normaliser at once, kᵀ[v, 1] the state and z, and
+    q @ [S, z] both inter-chunk terms (fewer, larger matmuls; same arithmetic).
+    """
+    b, h, t, _ = fq.shape
+    e = v.shape[-1]
+    v1 = torch.cat([v, v.new_ones(b, h, t, 1)], dim=-1)
+    q, k, vv = _chunks(fq, c), _chunks(fk, c), _chunks(v1, c)
+    tril = torch.ones(c, c, dtype=torch.bool, device=fq.device).tril()
+    a = (q @ k.transpose(-1, -2)).masked_fill(~tril, 0.0)      # (B, H, N, C, C)
+    s_incl = (k.transpose(-1, -2) @ vv).cumsum(dim=2)          # (B, H, N, D, E + 1)
+    s_prev = F.pad(s_incl[:, :, :-1], (0, 0, 0, 0, 1, 0))
+    final = s_incl[:, :, -1]
+    if s0 is not None:
+        init = torch.cat([s0, z0.unsqueeze(-1)], dim=-1)
+        s_prev = s_prev + init.unsqueeze(2)
+        final = final + init
+    o = a @ vv + q @ s_prev
+    out = _finish(o[..., :e], o[..., e], normalize, eps)
+    out = out.reshape(b, h, -1, e)[:, :, :t]
+    return out, final[..., :e], final[..., e]
 
 
 def _causal_loop(fq, fk, v, c, s0, z0, normalize, eps):

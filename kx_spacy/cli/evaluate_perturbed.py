@@ -387,7 +387,9 @@ def evaluate_segmenter(
         pred.append([t.text for t in doc if not t.is_space and t.text.strip()])
     seconds = time.perf_counter() - start
     result = segmentation_scores(pred, gold, train_words)
-    result.update({"lines": len(lines), "seconds": seconds})
+    chars = sum(map(len, lines))
+    result.update({"lines": len(lines), "characters": chars, "seconds": seconds,
+                   "chars_per_s": chars / seconds if seconds > 0 else None})
     return result
 
 
@@ -398,6 +400,7 @@ def evaluate_segmenter_cli(
     words_path: Optional[Path] = typer.Option(None, "--words", help="Training word list for OOV recall."),
     output: Path = typer.Option(Path("metrics/segmenter.json"), "--output", "-o", help="Results JSON."),
     encoder: Optional[str] = typer.Option(None, help="HF name or path (default: the shipped character MLM, else a tiny random model)."),
+    student: Optional[Path] = typer.Option(None, "--student", help="Instead of kx_segmenter on --encoder: kx_self_trained_segmenter with this student folder (from self-train-segmenter --save-model); no encoder."),
     limit: int = typer.Option(0, help="Only the first N lines (0 = all)."),
     config: str = typer.Option("{}", help="JSON config overrides for kx_segmenter, e.g. '{\"threshold\": 8.0}'."),
     batch_size: int = typer.Option(16, help="Docs per nlp.pipe batch."),
@@ -418,17 +421,33 @@ def evaluate_segmenter_cli(
     if limit:
         lines, gold = lines[:limit], gold[:limit]
     train_words = read_word_list(words_path) if words_path else None
-    encoder_path = chinese_encoder_path(encoder)
-    nlp = build_pipeline("zh", encoder_path, ["kx_segmenter"], configs={"kx_segmenter": seg_config})
-    result = evaluate_segmenter(nlp, lines, gold, train_words, batch_size=batch_size)
+    from ..errors import KxError
+
+    try:
+        if student is not None:
+            import spacy
+
+            encoder_path = None
+            nlp = spacy.blank("zh")
+            nlp.add_pipe("kx_self_trained_segmenter", config={"student_path": str(student), **seg_config})
+            nlp.initialize()
+        else:
+            encoder_path = chinese_encoder_path(encoder)
+            nlp = build_pipeline("zh", encoder_path, ["kx_segmenter"], configs={"kx_segmenter": seg_config})
+        result = evaluate_segmenter(nlp, lines, gold, train_words, batch_size=batch_size)
+    except KxError as err:
+        typer.echo(f"✘ {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(1)
     result.update({"input": str(input_path), "gold": str(gold_path), "encoder": encoder_path,
-                   "segmenter_config": seg_config, "limit": limit})
+                   "student": str(student) if student is not None else None,
+                   "segmenter": nlp.pipe_names[0], "segmenter_config": seg_config, "limit": limit,
+                   "threads": threads})
     oov = result["oov_recall"]
     typer.echo(f"{'lines':>6} {'P':>6} {'R':>6} {'F':>6} {'OOV-R':>6}")
     typer.echo(
         f"{result['lines']:6d} {100 * result['precision']:6.1f} {100 * result['recall']:6.1f} "
         f"{100 * result['f']:6.1f} {'-' if oov is None else f'{100 * oov:.1f}':>6}"
     )
-    typer.echo(f"encoder: {encoder_path}")
+    typer.echo(f"{result['segmenter']}: {encoder_path or student} | {result['chars_per_s']:,.0f} characters/s")
     _write_json(result, output)
     typer.echo(f"Wrote {output}")

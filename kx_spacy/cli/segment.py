@@ -30,6 +30,7 @@ def self_train_segmenter_cli(
     impacts_cache: Optional[Path] = typer.Option(None, help="An .npz file to keep / reuse the teacher's scores."),
     output: Path = typer.Option(Path("metrics/self_train_segmenter.json"), "--output", "-o", help="Results JSON."),
     segmented: Optional[Path] = typer.Option(None, help="Also write the segmented lines here (space separated)."),
+    save_model: Optional[Path] = typer.Option(None, "--save-model", help="Also write the student to this folder, for the kx_self_trained_segmenter pipe (it segments any text)."),
     threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
 ):
     """Teacher pair scores → confident pseudo-labels → boundary classifier (no gold data used)."""
@@ -47,7 +48,7 @@ def self_train_segmenter_cli(
             limit=limit, high=high, low=low, rounds=rounds, threshold=threshold, join_rate=join_rate,
             teacher=teacher, extra=extra or [], teach_extra=teach_extra or [], teacher_weights=weights,
             max_len=max_len, min_count=min_count, impacts_cache=impacts_cache, threads=threads,
-            output=output, segmented=segmented)
+            output=output, segmented=segmented, save_model=save_model)
     except KxError as err:
         typer.echo(f"✘ {type(err).__name__}: {err}", err=True)
         raise typer.Exit(1)
@@ -56,4 +57,6 @@ def self_train_segmenter_cli(
         typer.echo(f"lines {result['lines']}  P {100 * result['precision']:.1f}  R {100 * result['recall']:.1f}  "
                    f"F {100 * result['f']:.1f}   (first {n} lines: teacher F {100 * result['teacher_f_on_teach_lines']:.1f}, "
                    f"student F {100 * result['student_f_on_teach_lines']:.1f})")
+    if save_model:
+        typer.echo(f"Wrote the student to {save_model}")
     typer.echo(f"Wrote {output}")

@@ -222,9 +222,36 @@ def self_train(
 ) -> Tuple[List[List[str]], Dict]:
     """Train the student on the teacher's confident pairs and segment ``segment_texts``.
 
+    The arguments are those of :func:`train_student`.
+    RETURNS (Tuple[List[List[str]], Dict]): words per line of ``segment_texts``, and statistics.
+    """
+    student, stats = train_student(teach_texts, impacts, segment_texts, high=high, low=low, per_line=per_line,
+                                   rounds=rounds, epochs=epochs, extra_texts=extra_texts, threshold=threshold,
+                                   join_rate=join_rate, seed=seed)
+    words, stats["predicted_join_rate"] = segment_lines(student, segment_texts)
+    return words, stats
+
+
+def segment_lines(student, texts: Sequence[str]) -> Tuple[List[List[str]], float]:
+    """The words of each line under ``student``, and the share of adjacent pairs joined."""
+    joins = [student.joins(list(t)) for t in texts]
+    words = [words_from_joins(t, j) for t, j in zip(texts, joins)]
+    n_pairs = sum(len(j) for j in joins)
+    return words, float(sum(map(sum, joins)) / n_pairs) if n_pairs else 0.0
+
+
+def train_student(
+    teach_texts: Sequence[str], impacts: Sequence[numpy.ndarray], segment_texts: Sequence[str], *,
+    high: float = 0.75, low: float = 0.45, per_line: bool = False, rounds: int = 2,
+    epochs: int = 4, extra_texts: Sequence[str] = (), threshold: float = 0.5,
+    join_rate: Optional[float] = None, seed: int = 0,
+):
+    """Train the student on the teacher's confident pairs (no gold data).
+
     teach_texts (Sequence[str]): lines the teacher scored (no whitespace).
     impacts (Sequence[numpy.ndarray]): the teacher's pair scores for them (n - 1 per line).
-    segment_texts (Sequence[str]): lines to segment (may include the teacher's).
+    segment_texts (Sequence[str]): the lines to segment (may include the teacher's); counted in
+        the corpus statistics, and relabelled in rounds > 1.
     high, low (float): pseudo-label quantiles (join ≥ high, split < low).
     per_line (bool): quantiles per line instead of over all lines.
     rounds (int): 1 = train on the teacher's labels; each further round retrains on the
@@ -233,13 +260,18 @@ def self_train(
     extra_texts (Sequence[str]): more raw text for the PMI / frequency counts.
     threshold (float): join when the student's probability ≥ this.
     join_rate (Optional[float]): instead of ``threshold``, join this fraction of the pairs that
-        no rule decides (the most probable ones) — a prior on word length, not gold data.
-    RETURNS (Tuple[List[List[str]], Dict]): words per line of ``segment_texts``, and statistics.
+        no rule decides (the most probable ones among ``segment_texts``) — a prior on word
+        length, not gold data.
+    RETURNS (Tuple[SegmenterStudent, Dict]): the student (it segments any text) and statistics.
     """
+    from .student import SegmenterStudent
+
     if len(teach_texts) != len(impacts):
         raise SelfTrainingError(f"{len(teach_texts)} teacher lines but {len(impacts)} impact rows")
     if rounds < 1:
         raise SelfTrainingError("rounds must be ≥ 1")
+    if join_rate is not None and not 0.0 <= join_rate <= 1.0:
+        raise SelfTrainingError(f"join_rate must be in [0, 1], got {join_rate}")
     for t, v in zip(teach_texts, impacts):
         if len(v) != max(len(t) - 1, 0):
             raise SelfTrainingError(f"Line {t[:20]!r}: {len(v)} impacts for {len(t)} characters")
@@ -264,8 +296,9 @@ def self_train(
     stats: Dict = {"teacher_lines": len(teach_texts), "pairs": len(rows_t), "pseudo_labelled": int(y.size),
                    "pseudo_join_rate": float(y.mean()), "rounds": []}
     clf = BoundaryClassifier(dim=dim, seed=seed).fit([rows_t[i] for i in sel], y, epochs=epochs)
-    rows_s, index_s = featurise(segment_texts)
-    rules_s = [_rules(t) for t in segment_texts]
+    if rounds > 1 or join_rate is not None:
+        rows_s, index_s = featurise(segment_texts)
+        rules_s = [_rules(t) for t in segment_texts]
     for rnd in range(1, rounds):
         prob = clf.predict_proba(rows_s)
         keep, ys = [], []
@@ -277,19 +310,12 @@ def self_train(
                 keep.append(i); ys.append(float(pr >= 0.5))
         stats["rounds"].append({"round": rnd + 1, "labelled": len(keep), "join_rate": float(numpy.mean(ys))})
         clf = BoundaryClassifier(dim=dim, seed=seed + rnd).fit([rows_s[i] for i in keep], numpy.array(ys), epochs=epochs)
-    prob = clf.predict_proba(rows_s) if rows_s else numpy.zeros(0)
     if join_rate is not None:
-        if not 0.0 <= join_rate <= 1.0:
-            raise SelfTrainingError(f"join_rate must be in [0, 1], got {join_rate}")
+        prob = clf.predict_proba(rows_s) if rows_s else numpy.zeros(0)
         open_probs = numpy.array([pr for (li, k), pr in zip(index_s, prob) if rules_s[li][k] is None])
         if open_probs.size:
             threshold = float(numpy.quantile(open_probs, 1.0 - join_rate))
         stats["threshold_from_join_rate"] = threshold
-    joins: List[List[bool]] = [[False] * max(len(t) - 1, 0) for t in segment_texts]
-    for (li, k), pr in zip(index_s, prob):
-        r = rules_s[li][k]
-        joins[li][k] = bool(r) if r is not None else bool(pr >= threshold)
-    words = [words_from_joins(t, j) for t, j in zip(segment_texts, joins)]
-    n_pairs = sum(len(j) for j in joins)
-    stats["predicted_join_rate"] = float(sum(map(sum, joins)) / n_pairs) if n_pairs else 0.0
-    return words, stats
+    meta = {"high": high, "low": low, "per_line": per_line, "rounds": rounds, "epochs": epochs,
+            "threshold": threshold, "join_rate": join_rate, "seed": seed, "stats": stats}
+    return SegmenterStudent(clf.w, counts, threshold, meta=meta), stats

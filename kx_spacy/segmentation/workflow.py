@@ -28,7 +28,7 @@ def run_self_training(
     teacher: str = "mlm", extra: Sequence[Path] = (), teach_extra: Sequence[Path] = (),
     teacher_weights: Optional[Sequence[float]] = None, max_len: int = 4, min_count: int = 1,
     impacts_cache: Optional[Path] = None, threads: int = 1, output: Optional[Path] = None,
-    segmented: Optional[Path] = None, progress: bool = True,
+    segmented: Optional[Path] = None, save_model: Optional[Path] = None, progress: bool = True,
 ) -> Tuple[Dict, List[List[str]]]:
     """Self-train a segmenter on the raw lines of ``input_path`` (no gold data used).
 
@@ -44,12 +44,14 @@ def run_self_training(
     teacher_weights (Optional[Sequence[float]]): weights of the combined teachers.
     output (Optional[Path]): where the results JSON goes.
     segmented (Optional[Path]): where the segmented lines go (space separated).
+    save_model (Optional[Path]): where the student folder goes (``kx_self_trained_segmenter``
+        loads it; see :class:`kx_spacy.segmentation.student.SegmenterStudent`).
     Other settings: see :func:`kx_spacy.segmentation.self_training.self_train` and
     :func:`kx_spacy.segmentation.teachers.teacher_scores`.
     RETURNS (Tuple[Dict, List[List[str]]]): the results and the words of each segmented line.
     """
     from ..readers import read_sighan, read_word_list
-    from .self_training import self_train
+    from .self_training import segment_lines, train_student
     from .teachers import teacher_scores, teacher_words
 
     start = time.perf_counter()
@@ -73,8 +75,9 @@ def run_self_training(
     taught = teacher_scores(teacher, teach, list(lines) + more + extra_texts, encoder=enc, max_len=max_len,
                             min_count=min_count, cache=impacts_cache, weights=weights, progress=progress)
     teacher_s = time.perf_counter() - start
-    words, stats = self_train(teach, taught["scores"], seg_lines, high=high, low=low, rounds=rounds,
-                              threshold=threshold, join_rate=join_rate, extra_texts=extra_texts)
+    student, stats = train_student(teach, taught["scores"], seg_lines, high=high, low=low, rounds=rounds,
+                                   threshold=threshold, join_rate=join_rate, extra_texts=extra_texts)
+    words, stats["predicted_join_rate"] = segment_lines(student, seg_lines)
     result = {"input": str(input_path), "encoder": enc, "teacher": teacher, "teacher_weights": weights,
               "teach_lines": n_input_teach, "extra": [str(p) for p in extra or []],
               "extra_characters": sum(map(len, extra_texts)),
@@ -93,6 +96,12 @@ def run_self_training(
         result["teacher_lines_scored"] = n
         result["teacher_f_on_teach_lines"] = segmentation_scores(alone, gold[:n])["f"]
         result["student_f_on_teach_lines"] = segmentation_scores(words[:n], gold[:n])["f"]
+    if save_model is not None:
+        student.meta.update({"teacher": teacher, "teacher_weights": weights, "input": str(input_path),
+                             "encoder": enc, "max_len": max_len, "min_count": min_count,
+                             "extra": result["extra"], "teach_extra": result["teach_extra"]})
+        student.to_disk(save_model)
+        result["save_model"] = str(save_model)
     if output is not None:
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)

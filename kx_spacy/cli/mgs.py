@@ -8,9 +8,10 @@ import typer
 from . import app
 
 
-TABLE_KEYS = ["task_loss", "perplexity", "chrf", "repetition", "non_termination", "cost_wall_seconds",
-              "cost_decodes"]
-GENERATOR_KEYS = ["task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity", "cost_wall_seconds"]
+TABLE_KEYS = ["task_loss", "delta_task_loss", "perplexity", "perplexity_change", "chrf", "repetition",
+              "non_termination", "cost_wall_seconds", "cost_decodes"]
+GENERATOR_KEYS = ["task_loss", "delta_task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity",
+                  "perplexity_change", "cost_wall_seconds"]
 
 
 def _table(summary, keys) -> str:

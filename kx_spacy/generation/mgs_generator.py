@@ -448,12 +448,9 @@ def compare_generator_methods(
             if progress:
                 progress(row)
     pipe.decoder.load_state_dict(start_state)
-    summary = {}
-    for method in ["start", *methods]:
-        rows = [r for r in runs if r["method"] == method]
-        keys = [k for k, v in rows[0].items() if isinstance(v, float)]
-        summary[method] = {k: (statistics.fmean(r[k] for r in rows),
-                               statistics.stdev([r[k] for r in rows]) if len(rows) > 1 else 0.0) for k in keys}
+    from .mgs_toy import summarize
+
+    summary = summarize(runs)
     settings = {"model": str(model_path), "methods": list(methods), "seeds": list(seeds), "task_loss": task_loss,
                 "steps": steps, "lr": lr, "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
                 "config_overrides": dict(config_overrides or {})}

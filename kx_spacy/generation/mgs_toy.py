@@ -416,4 +416,21 @@ def summarize(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Tuple[float
             vals = [r[k] for r in rows if isinstance(r.get(k), float) and math.isfinite(r[k])]
             if vals:
                 summary[method][k] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    # paired by seed: the change of each figure from that seed's (or the shared) MLE start
+    starts = {r["seed"]: r for r in runs if r["method"] == "start"}
+    for method in methods:
+        if method == "start" or not starts:
+            continue
+        for k in ("task_loss", "perplexity"):
+            deltas = []
+            for r in runs:
+                if r["method"] != method or k not in r:
+                    continue
+                start = starts.get(r["seed"]) or (next(iter(starts.values())) if len(starts) == 1 else None)
+                if start is not None and k in start:
+                    deltas.append(r[k] - start[k] if k == "task_loss" else r[k] / start[k] - 1.0)
+            if deltas:
+                name = "delta_task_loss" if k == "task_loss" else "perplexity_change"
+                summary[method][name] = (statistics.fmean(deltas),
+                                         statistics.stdev(deltas) if len(deltas) > 1 else 0.0)
     return summary

@@ -110,6 +110,7 @@ def test_pipe_battery(trained, student_dir, tmp_path):
     spaced = nlp("我们喜欢 北京天气")  # whitespace always separates
     assert "".join(t.text_with_ws for t in spaced) == "我们喜欢 北京天气"
     assert not any(" " in t.text for t in spaced)
+    assert [[t.text for t in d] for d in nlp.pipe(teach[:8], n_process=2)] == [[t.text for t in d] for d in docs[:8]]
     nlp.to_disk(tmp_path / "pipeline")
     loaded = spacy.load(tmp_path / "pipeline")
     assert [[t.text for t in d] for d in loaded.pipe(teach[:10])] == [[t.text for t in d] for d in docs[:10]]

@@ -440,18 +440,21 @@ def mgs_search(
                 stats.sequences += len(hyps)
             for k in range(config.num_candidates):
                 gen = _generator(params[0].device, seeds[k])
-                ee = eg = ee_s = eg_s = 0.0
+                # the four sums stay on the device: one synchronisation per candidate
+                sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
                 for p, saved, g, scale, iv in zip(params, subset.saved, grads, scales, inv_var):
                     eps = _noise(p, scale, gen)
+                    flat_g = g.reshape(-1).float()
                     if is_mle[k]:
-                        eps.sub_(g.float(), alpha=c)  # the MLE step is c·g = −c·G
-                    ee_t = float(eps.pow(2).sum().item())
-                    eg_t = -c * float((eps * g.float()).sum().item())
-                    ee, eg = ee + ee_t, eg + eg_t
-                    ee_s, eg_s = ee_s + ee_t * iv, eg_s + eg_t * iv
+                        eps.view(-1).sub_(flat_g, alpha=c)  # the MLE step is c·g = −c·G
+                    flat = eps.view(-1)
+                    ee_t = torch.dot(flat, flat).double()
+                    eg_t = torch.dot(flat, flat_g).double() * -c
+                    sums += torch.stack([ee_t, eg_t, ee_t * iv, eg_t * iv])
                     p.data.copy_(saved)
                     p.data.add_(eps.to(p.dtype))
-                    del eps
+                    del eps, flat_g, flat
+                ee, eg, ee_s, eg_s = (float(x) for x in sums.tolist())
                 hyps = decode()
                 stats.decodes += 1
                 stats.sequences += len(hyps)

@@ -201,6 +201,7 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
                       identity=identity)
     t0 = time.perf_counter()
     result = trainer.run(resume=resume)
+    progress.stop()
     log(f"{kind}: {progress.step} steps in {time.perf_counter() - t0:.0f} s "
         f"({count_parameters(task.module)} parameters)")
     return {"task": task, "module": task.module, "result": result, "progress": progress}

@@ -48,6 +48,12 @@ class Progress:
             self._t0 = time.perf_counter()
         self.step += 1
 
+    def stop(self) -> None:
+        """Freeze the clock (training is over: evaluation time does not count)."""
+        if self._t0 is not None:
+            self.elapsed_before += time.perf_counter() - self._t0
+            self._t0 = None
+
     @property
     def elapsed(self) -> float:
         run = 0.0 if self._t0 is None else time.perf_counter() - self._t0

@@ -10,8 +10,6 @@ from kx_spacy.generation.corpus import pair_to_example
 from kx_spacy.generation.mgs import MGSConfig
 from kx_spacy.testing import transformer_config
 
-pytestmark = pytest.mark.slow  # trains a tiny pipeline first (~15 s on 2 cores)
-
 PAIRS = [("春天来了", "秋月明"), ("山水美丽", "花鸟快乐"), ("今天天气很好", "我爱中国"), ("风吹", "雨打")]
 
 
@@ -35,6 +33,7 @@ def saved_pipeline(tiny_mlm_dir, tmp_path_factory):
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # trains a tiny pipeline first (~15 s on 2 cores)
 @pytest.mark.parametrize("method", ["mgs", "mrt"])
 def test_finetune_generator_runs_saves_and_resumes(saved_pipeline, tmp_path, method):
     from kx_spacy.generation.mgs_generator import finetune_generator
@@ -51,6 +50,7 @@ def test_finetune_generator_runs_saves_and_resumes(saved_pipeline, tmp_path, met
     assert isinstance(nlp("春天来了")._.kx_generation["text"], str)
 
 
+@pytest.mark.slow
 def test_subset_only_and_scores(saved_pipeline, tmp_path):
     from kx_spacy.generation.mgs_generator import decoder_scores, encode_pairs, finetune_generator, generator_pipe
     from kx_spacy.generation.task_losses import ChrFLoss
@@ -74,3 +74,15 @@ def test_pipeline_without_generator_is_a_clear_error(tmp_path):
 
     with pytest.raises(GeneratorFinetuneError):
         generator_pipe(spacy.blank("zh"))
+
+
+def test_task_loss_names_and_generation_text():
+    from kx_spacy.generation.mgs_generator import GenerationText, GeneratorFinetuneError, resolve_task_loss
+
+    hyp = GenerationText("秋月明", [4, 5, 6], "max_length")
+    assert resolve_task_loss("nonterm")([hyp], ["秋月明"]) == [1.0]
+    assert resolve_task_loss("chrf")([hyp], ["秋月明"]) == [0.0]
+    assert resolve_task_loss("edit")([hyp], ["秋月白"]) == [pytest.approx(1 / 3)]
+    assert resolve_task_loss("kx_spacy.RepetitionLoss.v1")([hyp], ["x"]) == [0.0]
+    with pytest.raises(GeneratorFinetuneError):
+        resolve_task_loss("no-such-loss")

@@ -9,6 +9,7 @@ parses the file. Training runs on the shared engine (kx_spacy.training).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -297,8 +298,12 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
         "rows": [],
     }
     kinds = ["nvae"] + (["baseline"] if cfg["baseline"]["enabled"] else [])
+    # under torchrun every rank trains; only rank 0 evaluates, saves and draws
+    is_main = int(os.environ.get("RANK", "0")) == 0
     for kind in kinds:
         run = train_one(kind, cfg, train, output_dir, max_seconds, resume, log)
+        if not is_main:
+            continue
         extra = {"train_seconds": run["progress"].elapsed, "steps": run["progress"].step}
         save_model(run["module"], kind, cfg, output_dir / kind / "model.pt", extra)
         metrics[f"{kind}_parameters"] = count_parameters(run["module"])
@@ -315,7 +320,7 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
         if kind == "nvae":
             metrics["pictures"] = write_pictures(unwrap(run["module"]), cfg, images_final,
                                                  output_dir / "pictures")
-    if metrics_path:
+    if metrics_path and is_main:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_path).write_text(json.dumps(metrics, indent=2))
     return metrics

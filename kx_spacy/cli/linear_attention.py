@@ -26,6 +26,8 @@ def bench_attention_cli(
     decode_max: int = typer.Option(8192, help="Last decoding position (the default positions up to it)."),
     budget: float = typer.Option(1.0, help="Seconds per timing (median of up to 5 calls)."),
     stem: str = typer.Option("", help="Output file stem (default bench_attention_<device>)."),
+    method_max_t: str = typer.Option("", help="Longest T per method, e.g. 'sdpa_noncausal=4096,kx_causal_loop=2048'."),
+    memory_max_t: int = typer.Option(0, help="Measure peak memory only up to this T (0: all)."),
 ):
     """Time kx linear attention (causal, non-causal) against torch SDPA (and fla), fwd and fwd+bwd,
     with peak memory, and decoding latency of the recurrent form against a KV-cache softmax."""
@@ -42,11 +44,19 @@ def bench_attention_cli(
         positions = [p for p in _ints(decode_positions) or [] if p > 0]
     else:
         positions = [p for p in DECODE_POSITIONS if p <= decode_max]
+    import json
+
+    limits = {k.strip(): int(v) for k, v in (p.split("=") for p in method_max_t.split(",") if p.strip())}
+    stem = stem or f"bench_attention_{device}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    partial = output_dir / f"{stem}.partial.json"
     result = run_attention_benchmark(
         device, ts, dtype=dtype, chunk_size=chunk_size, threads=threads, memory=memory,
-        decode_positions=positions, budget_s=budget, progress=typer.echo,
+        decode_positions=positions, budget_s=budget, progress=typer.echo, method_max_t=limits,
+        memory_max_t=memory_max_t, checkpoint=lambda r: partial.write_text(json.dumps(r, indent=1)),
     )
-    paths = save_benchmark(result, output_dir, stem or f"bench_attention_{device}")
+    paths = save_benchmark(result, output_dir, stem)
+    partial.unlink(missing_ok=True)
     typer.echo("")
     typer.echo(format_table(result))
     for kind, path in paths.items():

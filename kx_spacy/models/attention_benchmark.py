@@ -204,17 +204,19 @@ def summarise(result: Dict) -> Dict:
     summ: Dict = {}
 
     def series(method, key):
-        return [r[key] for r in rows if r["method"] == method]
+        by_t = {r["T"]: r[key] for r in rows if r["method"] == method}
+        return [by_t.get(t) for t in ts]
 
     for mode in ("forward_ms", "forward_backward_ms"):
         kx, ref = series("kx_causal", mode), series("sdpa_causal", mode)
         cross = next((t for t, a, b_ in zip(ts, kx, ref) if a is not None and b_ is not None and a < b_), None)
         summ[f"crossover_T_causal_{mode}"] = cross
-        if kx and ref and kx[-1] and ref[-1]:
-            summ[f"speedup_causal_{mode}_at_T{ts[-1]}"] = ref[-1] / kx[-1]
-        kxn, refn = series("kx_noncausal", mode), series("sdpa_noncausal", mode)
-        if kxn and refn and kxn[-1] and refn[-1]:
-            summ[f"speedup_noncausal_{mode}_at_T{ts[-1]}"] = refn[-1] / kxn[-1]
+        for tag, (a_, b_) in (("causal", (kx, ref)), ("noncausal", (series("kx_noncausal", mode),
+                                                                    series("sdpa_noncausal", mode)))):
+            both = [(t, x, y) for t, x, y in zip(ts, a_, b_) if x and y]
+            if both:
+                t_last, x, y = both[-1]
+                summ[f"speedup_{tag}_{mode}_at_T{t_last}"] = y / x
         loop = series("kx_causal_loop", mode)
         if loop and kx:
             summ[f"cumsum_over_loop_{mode}"] = [lp / c if lp and c else None for lp, c in zip(loop, kx)]
@@ -248,7 +250,10 @@ def run_attention_benchmark(
     budget_s: float = 1.0,
     max_repeats: int = 5,
     methods: Optional[List[str]] = None,
+    method_max_t: Optional[Dict[str, int]] = None,
+    memory_max_t: int = 0,
     progress: Optional[Callable[[str], None]] = None,
+    checkpoint: Optional[Callable[[Dict], None]] = None,
 ) -> Dict:
     """Time and measure every method at every length; decoding latency by position.
 
@@ -263,7 +268,12 @@ def run_attention_benchmark(
     decode_steps (int): steps timed at each position.
     budget_s (float): time spent per timing (median of up to ``max_repeats`` calls).
     methods (Optional[List[str]]): a subset of the methods (default all).
+    method_max_t (Optional[Dict[str, int]]): the longest T timed for a method (e.g. the
+        quadratic references on a slow machine); longer points are left out.
+    memory_max_t (int): measure memory only up to this T (0: every T).
     progress (Optional[Callable[[str], None]]): called with a line per point.
+    checkpoint (Optional[Callable[[Dict], None]]): called with the partial result after every
+        point (so that an interrupted run keeps what it measured).
     RETURNS (Dict): {"meta", "lengths", "rows", "decode", "summary"}.
     """
     if device == "cuda" and not torch.cuda.is_available():
@@ -277,8 +287,12 @@ def run_attention_benchmark(
     names = [m for m in all_methods if methods is None or m in methods]
     rows = []
     say = progress or (lambda s: None)
+    limits = method_max_t or {}
+    meta = _meta(device, tdtype, batch, heads, head_dim, chunk_size, threads, limits, memory_max_t)
     for t in lengths:
         for name in names:
+            if name in limits and t > limits[name]:
+                continue
             fn = all_methods[name]
             q, k, v = _inputs(batch, heads, t, head_dim, device, tdtype, False)
             with torch.no_grad():
@@ -286,7 +300,7 @@ def run_attention_benchmark(
             qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
             fb = _time(lambda: _fwd_bwd(fn, qg, kg, vg), device, budget_s, max_repeats)
             mem = None
-            if memory:
+            if memory and (not memory_max_t or t <= memory_max_t):
                 if device == "cuda":
                     mem = _gpu_peak_memory(fn, qg, kg, vg)
                 else:
@@ -296,31 +310,39 @@ def run_attention_benchmark(
                          "peak_memory_mib": mem})
             say(f"T={t:>6} {name:<15} fwd {fwd:10.2f} ms  fwd+bwd {fb:10.2f} ms  mem "
                 + ("-" if mem is None else f"{mem:9.1f} MiB"))
+            if checkpoint is not None:
+                checkpoint({"meta": meta, "lengths": list(lengths), "rows": rows, "decode": None, "summary": {}})
     decode = None
     positions = DECODE_POSITIONS if decode_positions is None else decode_positions
     if positions:
         decode = _decode_latency(positions, heads * head_dim, heads, batch, device, tdtype, decode_steps, budget_s)
         for p, a, b_ in zip(decode["position"], decode["linear_recurrent_ms"], decode["softmax_kv_cache_ms"]):
             say(f"decode pos={p:>6} linear {a:8.3f} ms/token  softmax+KV {b_:8.3f} ms/token")
+    meta["loadavg_end"] = os.getloadavg()
     result = {
-        "meta": {
-            "device": device,
-            "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-            "dtype": str(tdtype).replace("torch.", ""),
-            "batch": batch, "heads": heads, "head_dim": head_dim, "chunk_size": chunk_size,
-            "threads": threads, "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "loadavg": os.getloadavg(),
-            "memory_method": ("torch.cuda.max_memory_allocated" if device == "cuda"
-                              else "subprocess per point: VmHWM (reset via clear_refs) - VmRSS before one forward+backward"),
-            "fla": fla_available(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "meta": meta,
         "lengths": list(lengths),
         "rows": rows,
         "decode": decode,
     }
     result["summary"] = summarise(result)
     return result
+
+
+def _meta(device, tdtype, batch, heads, head_dim, chunk_size, threads, limits, memory_max_t) -> Dict:
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "dtype": str(tdtype).replace("torch.", ""),
+        "batch": batch, "heads": heads, "head_dim": head_dim, "chunk_size": chunk_size,
+        "threads": threads, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "method_max_t": dict(limits), "memory_max_t": memory_max_t,
+        "memory_method": ("torch.cuda.max_memory_allocated" if device == "cuda"
+                          else "subprocess per point: VmHWM (reset via clear_refs) - VmRSS before one forward+backward"),
+        "fla": fla_available(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def format_table(result: Dict) -> str:

@@ -280,7 +280,7 @@ class Generator(TrainablePipe):
                     f"transformer pipe '{self.cfg['transformer']}' before the generator."
                 )
 
-    def _memory(self, vectors, xp_to_torch: bool = True):
+    def _memory(self, vectors):
         """Pad per-doc token vectors into (B, S, W) memory and a (B, S) mask on the decoder's device."""
         import torch
         from thinc.api import xp2torch
@@ -376,6 +376,10 @@ class Generator(TrainablePipe):
 
     def update(self, examples: Iterable, *, drop: float = 0.0, sgd=None, losses: Optional[dict] = None) -> dict:
         """Teacher forcing on the examples' targets (label smoothing as configured).
+
+        The decoder's dropout is its model setting (``dropout``); ``drop`` is not used. Every
+        doc of the batch gets a gradient (zero for empty docs and docs without a target), so
+        the listener always hands one back to the transformer.
 
         RETURNS (dict): ``losses`` with this pipe's mean per-token loss added.
         """

@@ -119,10 +119,10 @@ class CharLMTask:
         return {"val_loss": val, "val_bits_per_char": val / math.log(2)}
 
 
-def _per_array_clipped_adamw():
+def _per_array_clipped(base):
     import torch
 
-    class _PerArrayClippedAdamW(torch.optim.AdamW):
+    class _PerArrayClipped(base):
         """AdamW that first scales each parameter's gradient to norm ≤ ``clip_threshold`` on its
         own (thinc's per-array ``grad_clip``), for the clipping comparison. An experiment's
         optimizer, not engine machinery: the engine's clip modes act on the global norm."""
@@ -140,12 +140,31 @@ def _per_array_clipped_adamw():
                         p.grad.mul_(torch.clamp(self.clip_threshold / (norm + 1e-6), max=1.0).to(p.grad.dtype))
             return super().step(closure)
 
-    return _PerArrayClippedAdamW
+    _PerArrayClipped.__name__ = f"PerArrayClipped{base.__name__}"
+    return _PerArrayClipped
 
 
 def PerArrayClippedAdamW(params, *, clip_threshold: float, **kwargs):
     """AdamW with per-parameter-tensor gradient clipping (built lazily: no torch at import)."""
-    return _per_array_clipped_adamw()(params, clip_threshold=clip_threshold, **kwargs)
+    import torch
+
+    return _per_array_clipped(torch.optim.AdamW)(params, clip_threshold=clip_threshold, **kwargs)
+
+
+def make_optimizer(name: str, groups, *, lr: float, beta2: float = 0.99, momentum: float = 0.9,
+                   per_array_clip: Optional[float] = None):
+    """"adamw" (betas 0.9, beta2) or "sgd" (with momentum), optionally clipped per array."""
+    import torch
+
+    if name == "adamw":
+        cls, kwargs = torch.optim.AdamW, {"lr": lr, "betas": (0.9, beta2)}
+    elif name == "sgd":
+        cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": momentum}
+    else:
+        raise KxError(f"training.optimizer must be 'adamw' or 'sgd', not {name!r}")
+    if per_array_clip is not None:
+        return _per_array_clipped(cls)(groups, clip_threshold=per_array_clip, **kwargs)
+    return cls(groups, **kwargs)
 
 
 # ----------------------------------------------------------------------------- config + run
@@ -154,7 +173,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "model": {"attention": "linear", "d_model": 128, "n_layers": 4, "n_heads": 4, "context": 256,
               "dropout": 0.0, "mlp_ratio": 4.0, "feature_map": "elu", "chunk_size": 64, "output_norm": False},
     "training": {"max_steps": 2000, "max_time_minutes": 5.0, "batch_size": 12, "lr": 1e-3, "min_lr_ratio": 0.1,
-                 "warmup_steps": 100, "decay": "cosine", "weight_decay": 0.1, "beta2": 0.99,
+                 "warmup_steps": 100, "decay": "cosine", "weight_decay": 0.1, "optimizer": "adamw", "beta2": 0.99,
+                 "momentum": 0.9,
                  "clip_mode": "global_norm", "clip_threshold": 1.0, "precision": "fp32", "eval_every": 250,
                  "eval_batches": 20, "num_threads": 1, "seed": 1337, "device": None, "progress": True},
 }
@@ -232,10 +252,9 @@ def train_char_lm(cfg: Dict, output_dir: Union[str, Path], metrics_path: Optiona
         tr["clip_mode"] = "none"
 
     def optimizer(module):
-        if per_array:
-            return PerArrayClippedAdamW(groups, clip_threshold=float(tr["clip_threshold"]), lr=float(tr["lr"]),
-                                        betas=(0.9, float(tr["beta2"])))
-        return torch.optim.AdamW(groups, lr=float(tr["lr"]), betas=(0.9, float(tr["beta2"])))
+        return make_optimizer(tr["optimizer"], groups, lr=float(tr["lr"]), beta2=float(tr["beta2"]),
+                              momentum=float(tr["momentum"]),
+                              per_array_clip=float(tr["clip_threshold"]) if per_array else None)
 
     tcfg = TrainingConfig(
         max_steps=int(tr["max_steps"]), max_time_minutes=tr["max_time_minutes"], clip_mode=tr["clip_mode"],

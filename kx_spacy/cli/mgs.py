@@ -86,6 +86,8 @@ def mgs_summary_cli(
         runs.extend(data["runs"])
         settings = settings or data.get("settings")
     summary = summarize(runs)
+    settings = dict(settings or {})
+    settings["seeds"] = sorted({r["seed"] for r in runs if r["method"] != "start"})
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"settings": settings, "runs": runs, "summary": summary}, indent=1),
                       encoding="utf-8")

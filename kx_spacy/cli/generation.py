@@ -51,6 +51,7 @@ def evaluate_generator_cli(
     seeds: int = typer.Option(10, help="Seeds per sampling mode."),
     max_l: int = typer.Option(1000, help="Largest L for r_L (the L list is 100, max_l and t*)."),
     bleu_tokenize: str = typer.Option("13a", help="sacrebleu BLEU tokenizer ('zh' for Chinese)."),
+    prefix_length: int = typer.Option(10, help="Random target prefix length for r_L (0: none)."),
     threads: int = typer.Option(1, help="torch threads."),
 ):
     """Perplexity, chrF/BLEU vs baselines, and r_L for every decoding mode, to JSON."""
@@ -61,13 +62,15 @@ def evaluate_generator_cli(
     torch.set_num_threads(threads)
     lengths = sorted({100, max_l}) if max_l >= 100 else [max_l]
     out = evaluate_generator(model, test, train, limit=limit, n_random=n_random, rl_limit=rl_limit,
-                             seeds=seeds, lengths=lengths, bleu_tokenize=bleu_tokenize)
+                             seeds=seeds, lengths=lengths, bleu_tokenize=bleu_tokenize,
+                             prefix_length=prefix_length)
     write_json(out, output)
     typer.echo(json.dumps({k: out[k] for k in ("output_layer", "t_star", "perplexity", "greedy_test", "baselines")},
                           indent=1, ensure_ascii=False))
     for mode, rec in out["non_termination"].items():
+        prefixed = rec.get("test_sources_random_prefix", {}).get("r")
         typer.echo(f"{mode:20s} test r_L {rec['test_sources']['r']}  random r_L {rec['random_sources']['r']}  "
-                   f"tok/s {rec['random_sources']['tokens_per_s']:.0f}")
+                   f"random-prefix r_L {prefixed}  tok/s {rec['random_sources']['tokens_per_s']:.0f}")
     typer.echo(f"-> {output}")
 
 

@@ -8,7 +8,8 @@ Pure torch. A strategy drives any *step model*, an object with
   the state (beam search, dropping finished rows).
 
 ``strategy.decode(model, state, batch_size, bos_id=..., eos_id=..., max_length=...)`` decodes
-the whole batch at once and returns one :class:`Hypothesis` per row: the token ids (EOS not
+the whole batch at once (``bos_id``: an int, or a (B,) tensor of first input tokens, e.g. the
+last token of a forced prefix) and returns one :class:`Hypothesis` per row: the token ids (EOS not
 included), the model's log-probability of the sequence (EOS step included, under the
 unmodified distribution), the number of steps and ``stopped_by`` ("eos" or "max_length").
 ``max_length`` (steps, EOS included) is the safety net.
@@ -112,7 +113,7 @@ class _StepwiseStrategy(DecodingStrategy):
 
         max_length = check_max_length(max_length)
         device = _device_of(state, torch.zeros(1))
-        tokens = torch.full((batch_size,), int(bos_id), dtype=torch.long, device=device)
+        tokens = _first_tokens(bos_id, batch_size, device)
         generator = _make_generator(seed, device) if self.sampling else None
         rows = list(range(batch_size))
         out_ids: List[List[int]] = [[] for _ in range(batch_size)]
@@ -145,6 +146,18 @@ class _StepwiseStrategy(DecodingStrategy):
             Hypothesis(out_ids[i], out_lp[i], len(out_ids[i]) + (1 if stopped[i] == "eos" else 0), stopped[i])
             for i in range(batch_size)
         ]
+
+
+def _first_tokens(bos_id, batch_size: int, device) -> "torch.Tensor":
+    """The first input tokens: ``bos_id`` for every row, or one id per row (a LongTensor,
+    e.g. the last token of a forced prefix whose other tokens are already in the state)."""
+    import torch
+
+    if isinstance(bos_id, torch.Tensor):
+        if bos_id.shape != (batch_size,):
+            raise GeneratorConfigError(f"bos_id must be an int or a ({batch_size},) tensor, got shape {tuple(bos_id.shape)}.")
+        return bos_id.to(device=device, dtype=torch.long)
+    return torch.full((batch_size,), int(bos_id), dtype=torch.long, device=device)
 
 
 def _device_of(state, tokens):
@@ -294,7 +307,7 @@ class BeamSearch(DecodingStrategy):
         finished = torch.zeros(B, k, dtype=torch.bool, device=dev)
         lengths = torch.zeros(B, k, dtype=torch.long, device=dev)
         seqs = torch.zeros(B, k, 0, dtype=torch.long, device=dev)
-        tokens = torch.full((B * k,), int(bos_id), dtype=torch.long, device=dev)
+        tokens = _first_tokens(bos_id, B, dev).repeat_interleave(k)
         results: List[Optional[Hypothesis]] = [None] * B
         base = (torch.arange(B, device=dev) * k).unsqueeze(1)
         for t in range(1, max_length + 1):

@@ -8,7 +8,8 @@
   exact match against a copy-the-source and a unigram baseline, average length, and the
   non-termination ratio r_L (share of continuations that reach L steps without EOS) at
   L = 100, 1,000 and t*(ε) for every decoding mode, over several seeds, on the test
-  sources and on random-token sources, plus tokens/s.
+  sources, on random-token sources, and after random 10-token target prefixes (the
+  protocol of uralik/consistency-lm), plus tokens/s.
 * :func:`bench_decode`: per-token decoding latency against position for the KV-cache softmax
   decoder and the linear-attention decoder (random weights, same sizes).
 """
@@ -181,9 +182,38 @@ def random_vectors_sources(nlp, n: int, length: int, seed: int, name: str = "kx_
     return vectors
 
 
-def non_termination(pipe, vectors, mode: str, lengths: Sequence[int], seeds: Sequence[int]) -> dict:
+def _prefixed_decode(pipe, vectors, strategy, *, prefix_length: int, seed: int, max_length: int):
+    """Continuations of random target-vocabulary prefixes (the consistency-lm protocol): the
+    prefix is forced through the decoder's steps, then ``strategy`` continues for
+    ``max_length`` more steps. RETURNS (List[Hypothesis]): the continuations."""
+    import torch
+
+    vocab = pipe.target_vocab
+    dec = pipe.decoder
+    dec.eval()
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    out = []
+    bs = pipe.cfg["batch_size"]
+    with torch.no_grad():
+        for start in range(0, len(vectors), bs):
+            chunk = vectors[start:start + bs]
+            memory, mask = pipe._memory(chunk)
+            prefix = torch.randint(4, len(vocab), (len(chunk), prefix_length), generator=gen).to(memory.device)
+            state = dec.init_state(memory, mask)
+            _, state = dec.step(torch.full((len(chunk),), vocab.bos_id, device=memory.device), state)
+            for i in range(prefix_length - 1):
+                _, state = dec.step(prefix[:, i], state)
+            out.extend(strategy.decode(dec, state, len(chunk), bos_id=prefix[:, -1], eos_id=vocab.eos_id,
+                                       max_length=max_length, seed=seed + start))
+    return out
+
+
+def non_termination(pipe, vectors, mode: str, lengths: Sequence[int], seeds: Sequence[int],
+                    prefix_length: int = 0) -> dict:
     """r_L for each L in ``lengths`` (decoding once to max(lengths)), averaged over seeds.
 
+    prefix_length (int): > 0: continue random target prefixes of this length (forced), the
+        protocol of uralik/consistency-lm; 0: decode from BOS.
     RETURNS (dict): ``{"r": {L: mean}, "r_per_seed": {L: [...]}, "avg_len", "tokens_per_s"}``.
     """
     strategy = make_strategy(mode)
@@ -193,7 +223,11 @@ def non_termination(pipe, vectors, mode: str, lengths: Sequence[int], seeds: Seq
     steps_total, seconds, lens = 0, 0.0, []
     for seed in (seeds[:1] if deterministic else seeds):
         start = time.perf_counter()
-        gens = pipe.generate_from_vectors(vectors, strategy, seed=seed, max_length=L_max)
+        if prefix_length:
+            gens = _prefixed_decode(pipe, vectors, strategy, prefix_length=prefix_length, seed=seed,
+                                    max_length=L_max)
+        else:
+            gens = pipe.generate_from_vectors(vectors, strategy, seed=seed, max_length=L_max)
         seconds += time.perf_counter() - start
         steps_total += sum(g.n_steps for g in gens)
         lens.extend(len(g.token_ids) for g in gens)
@@ -212,12 +246,14 @@ def non_termination(pipe, vectors, mode: str, lengths: Sequence[int], seeds: Seq
 def evaluate_generator(model_path, test_path, train_path, *, limit: int = 500, n_random: int = 1000,
                        random_length: int = 10, seeds: int = 10, modes: Optional[Sequence[str]] = None,
                        lengths: Sequence[int] = (100, 1000), rl_limit: int = 200, bleu_tokenize: str = "13a",
-                       name: str = "kx_generator") -> dict:
+                       prefix_length: int = 10, name: str = "kx_generator") -> dict:
     """The evaluate-generator figures for one trained pipeline (see the module docstring).
 
     model_path: the trained pipeline. test_path / train_path: ``source<TAB>target`` files.
     limit (int): test pairs scored. n_random (int): random-token sources for r_L.
     rl_limit (int): test sources used for r_L. seeds (int): seeds per sampling mode.
+    prefix_length (int): also r_L of continuations of random ``prefix_length``-token target
+        prefixes on the test sources (0: skip).
     RETURNS (dict): all figures (JSON-ready).
     """
     import spacy
@@ -250,6 +286,9 @@ def evaluate_generator(model_path, test_path, train_path, *, limit: int = 500, n
             "test_sources": non_termination(pipe, test_vectors, mode, Ls, list(range(seeds))),
             "random_sources": non_termination(pipe, rand_vectors, mode, Ls, list(range(seeds))),
         }
+        if prefix_length:
+            out["non_termination"][mode]["test_sources_random_prefix"] = non_termination(
+                pipe, test_vectors, mode, Ls, list(range(seeds)), prefix_length=prefix_length)
     return out
 
 

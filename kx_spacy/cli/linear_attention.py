@@ -99,7 +99,7 @@ def bench_clipping_cli(
     metrics_dir: Path = typer.Option(Path("metrics"), help="Folder for bench_clipping.{json,txt,png}."),
     data_dir: Optional[Path] = typer.Option(None, help="Data folder: reads <data_dir>/tinyshakespeare/input.txt."),
     modes: str = typer.Option("none,per_array,global_norm,smooth", help="Comma-separated clipping modes."),
-    target_loss: float = typer.Option(2.5, help="Validation loss whose first reaching step is reported."),
+    target_loss: float = typer.Option(3.2, help="Validation loss whose first reaching step is reported."),
 ):
     """No clipping / per-array / global-norm / smooth clipping at a large LR, same seed and budget."""
     from ..lm.char_lm import load_lm_config

@@ -75,8 +75,9 @@ def test_fp16_on_the_cpu_is_refused(tmp_path):
 
 def test_time_budget_stops(tmp_path):
     start = time.time()
-    task, res = _train(tmp_path, ToyTask(sleep=0.02), max_steps=10_000, max_time_minutes=0.3 / 60)
-    assert res.stopped_by == "max_time" and 3 <= res.steps < 100 and time.time() - start < 5
+    task, res = _train(tmp_path, ToyTask(sleep=0.02), max_steps=10_000, max_time_minutes=0.5 / 60)
+    assert res.stopped_by == "max_time" and 1 <= res.steps <= 26 and res.elapsed_s >= 0.5
+    assert time.time() - start < 30
 
 
 def test_resume_continues_exactly(tmp_path):

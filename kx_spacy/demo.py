@@ -131,6 +131,29 @@ def _demo_generation(en, zh) -> None:
               f"log p = {gen['log_prob']:.2f}]")
 
 
+WORKFLOW_FIGURES = (  # PNGs the project commands write; shown on the page when they exist
+    ("metrics/bench_attention_cpu.png", "bench-attention: kx linear attention vs SDPA (time, memory, decoding)"),
+    ("metrics/bench_clipping.png", "bench-clipping: character LM loss vs step, no / per-array / global / smooth clipping"),
+    ("metrics/nvae_samples", "sample-nvae: NVAE samples"),
+)
+
+
+def _demo_figures(en, zh) -> None:
+    """Figures from the workflow runs (attention benchmark, clipping, NVAE samples), when made."""
+    from pathlib import Path
+
+    from .demo_page import add_image
+
+    for path, caption in WORKFLOW_FIGURES:
+        p = Path(path)
+        pngs = sorted(p.glob("*.png")) if p.is_dir() else ([p] if p.exists() else [])
+        if not pngs:
+            print(f"{caption}: not made yet ({path}); `spacy project run {caption.split(':')[0]}` makes it")
+        for png in pngs:
+            print(f"{caption}: {png}")
+            add_image(png, f"{caption} ({png.name})")
+
+
 def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] = None,
              html_path: Optional[str] = None) -> None:
     """Build the demo pipelines, run every section; with ``html_path`` also write one page."""
@@ -154,6 +177,7 @@ def run_demo(english_model: Optional[str] = None, chinese_model: Optional[str] =
         ("Perturbed masking: kx_segmenter, kx_parser", _demo_perturbed),
         ("Integrated gradients: kx_attributor", _demo_attribution),
         ("Stop-safe generation: kx_generator", _demo_generation),
+        ("Figures from the workflow", _demo_figures),
     ):
         _heading(title)
         with page.section(title) if page else nullcontext():

@@ -50,16 +50,10 @@ KINDS = ("softmax", "st", "nmst")
 
 
 def check_epsilon(epsilon: float) -> float:
-    """Validate ε: a float strictly inside (0, 1)."""
-    try:
-        value = float(epsilon)
-    except (TypeError, ValueError):
-        raise GeneratorConfigError(f"epsilon must be a number in (0, 1), got {epsilon!r}.") from None
-    if not 0.0 < value < 1.0 or math.isnan(value):
-        raise GeneratorConfigError(
-            f"epsilon must lie strictly between 0 and 1 (the papers use 1e-5 ... 1e-2), got {epsilon!r}."
-        )
-    return value
+    """Validate ε: a float strictly inside (0, 1) (see kx_spacy.models.stop_safe_output)."""
+    from ..models.stop_safe_output import check_epsilon as _check
+
+    return _check(epsilon)
 
 
 

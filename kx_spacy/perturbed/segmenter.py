@@ -46,6 +46,7 @@ from spacy.util import minibatch
 from thinc.api import Config
 
 from ..errors import KxError
+from ..segmentation.merge import joined_spans, merge_spans
 from .impact import Distance, Layers, _check_layers, get_distance
 
 DEFAULT_CONFIG_STR = """
@@ -370,15 +371,5 @@ class KxSegmenter(Pipe):
             layers=self.layers, distance=self.distance, batch_size=self.batch_size,
         )
         for doc, joins in zip(docs, decisions):
-            spans = []
-            start = 0
-            for k in range(len(doc)):
-                if k == len(doc) - 1 or not joins[k]:
-                    if k > start:
-                        spans.append((start, k + 1))
-                    start = k + 1
-            if spans:
-                with doc.retokenize() as retokenizer:
-                    for s, e in spans:
-                        retokenizer.merge(doc[s:e])
+            merge_spans(doc, joined_spans(joins, 0, len(doc)))
         return docs

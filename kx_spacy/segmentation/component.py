@@ -30,6 +30,7 @@ from spacy.tokens import Doc
 from spacy.util import minibatch
 
 from ..errors import KxError
+from .merge import joined_spans, merge_spans
 from .student import SegmenterStudent, StudentFormatError
 
 STUDENT_DIR = "student"
@@ -119,18 +120,8 @@ class SelfTrainedSegmenter(Pipe):
                 "or load a pipeline saved after that.")
         spans = []
         for s, e in self._runs(doc):
-            joins = self.student.joins([t.text for t in doc[s:e]])
-            start = s
-            for k in range(s, e):
-                if k == e - 1 or not joins[k - s]:
-                    if k > start:
-                        spans.append((start, k + 1))
-                    start = k + 1
-        if spans:
-            with doc.retokenize() as retokenizer:
-                for s, e in spans:
-                    retokenizer.merge(doc[s:e])
-        return doc
+            spans += joined_spans(self.student.joins([t.text for t in doc[s:e]]), s, e)
+        return merge_spans(doc, spans)
 
     # serialisation -------------------------------------------------------------------
     def to_bytes(self, *, exclude=tuple()) -> bytes:

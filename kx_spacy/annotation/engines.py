@@ -188,7 +188,7 @@ def _run_ray(pipeline, input_path, output_dir, todo: List[Shard], reading, batch
         out = ds.map_batches(
             _ShardAnnotator,
             batch_size=1,
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=threads,
             num_gpus=gpus_per_actor or None,
             fn_constructor_kwargs=dict(
@@ -196,9 +196,8 @@ def _run_ray(pipeline, input_path, output_dir, todo: List[Shard], reading, batch
                 output_dir=str(Path(output_dir).resolve()), reading=reading,
                 batch_size=batch_size, threads=threads,
             ),
-            # a killed actor is restarted and its shard retried
-            max_restarts=-1,
-            max_task_retries=-1,
+            # Ray Data's actor pool restarts a killed actor and retries its shard by default
+            # (max_restarts = max_task_retries = -1); the kill test relies on it
         )
         bar = tqdm(total=sum(s.end - s.start for s in todo), unit="doc", desc=f"annotate (ray, {actors} actors)",
                    disable=not progress)

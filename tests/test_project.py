@@ -31,3 +31,16 @@ def test_deps_inside_the_repository_exist():
                 continue  # workflow outputs
             assert (ROOT / dep).exists(), (command["name"], dep)
         made.update(command.get("outputs", []))
+
+
+def test_readme_project_section_is_current(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", copy)
+    subprocess.run([sys.executable, "-m", "spacy", "project", "document", str(ROOT), "--output", str(copy),
+                    "--no-emoji"], check=True, capture_output=True)
+    assert copy.read_text(encoding="utf8") == (ROOT / "README.md").read_text(encoding="utf8"), \
+        "README's generated section is stale: run `spacy project run document`"

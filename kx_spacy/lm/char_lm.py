@@ -119,41 +119,8 @@ class CharLMTask:
         return {"val_loss": val, "val_bits_per_char": val / math.log(2)}
 
 
-def _per_array_clipped(base):
-    import torch
-
-    class _PerArrayClipped(base):
-        """AdamW that first scales each parameter's gradient to norm ≤ ``clip_threshold`` on its
-        own (thinc's per-array ``grad_clip``), for the clipping comparison. An experiment's
-        optimizer, not engine machinery: the engine's clip modes act on the global norm."""
-
-        def __init__(self, params, *, clip_threshold: float, **kwargs):
-            super().__init__(params, **kwargs)
-            self.clip_threshold = clip_threshold
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        norm = torch.linalg.vector_norm(p.grad.float())
-                        p.grad.mul_(torch.clamp(self.clip_threshold / (norm + 1e-6), max=1.0).to(p.grad.dtype))
-            return super().step(closure)
-
-    _PerArrayClipped.__name__ = f"PerArrayClipped{base.__name__}"
-    return _PerArrayClipped
-
-
-def PerArrayClippedAdamW(params, *, clip_threshold: float, **kwargs):
-    """AdamW with per-parameter-tensor gradient clipping (built lazily: no torch at import)."""
-    import torch
-
-    return _per_array_clipped(torch.optim.AdamW)(params, clip_threshold=clip_threshold, **kwargs)
-
-
-def make_optimizer(name: str, groups, *, lr: float, beta2: float = 0.99, momentum: float = 0.9,
-                   per_array_clip: Optional[float] = None):
-    """"adamw" (betas 0.9, beta2) or "sgd" (with momentum), optionally clipped per array."""
+def make_optimizer(name: str, groups, *, lr: float, beta2: float = 0.99, momentum: float = 0.9):
+    """"adamw" (betas 0.9, beta2) or "sgd" (with momentum); clipping is the engine's clip_mode."""
     import torch
 
     if name == "adamw":
@@ -162,8 +129,6 @@ def make_optimizer(name: str, groups, *, lr: float, beta2: float = 0.99, momentu
         cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": momentum}
     else:
         raise KxError(f"training.optimizer must be 'adamw' or 'sgd', not {name!r}")
-    if per_array_clip is not None:
-        return _per_array_clipped(cls)(groups, clip_threshold=per_array_clip, **kwargs)
     return cls(groups, **kwargs)
 
 
@@ -244,17 +209,10 @@ def train_char_lm(cfg: Dict, output_dir: Union[str, Path], metrics_path: Optiona
 
     groups = [{"params": decay_params, "weight_decay": float(tr["weight_decay"])},
               {"params": other_params, "weight_decay": 0.0}]
-    requested_clip = tr["clip_mode"]
-    per_array = requested_clip == "per_array"
-    if per_array:
-        # thinc-style: each parameter tensor's gradient clipped to its own norm (the engine's
-        # modes are global); see PerArrayClippedAdamW.
-        tr["clip_mode"] = "none"
 
     def optimizer(module):
         return make_optimizer(tr["optimizer"], groups, lr=float(tr["lr"]), beta2=float(tr["beta2"]),
-                              momentum=float(tr["momentum"]),
-                              per_array_clip=float(tr["clip_threshold"]) if per_array else None)
+                              momentum=float(tr["momentum"]))
 
     tcfg = TrainingConfig(
         max_steps=int(tr["max_steps"]), max_time_minutes=tr["max_time_minutes"], clip_mode=tr["clip_mode"],
@@ -268,7 +226,7 @@ def train_char_lm(cfg: Dict, output_dir: Union[str, Path], metrics_path: Optiona
                            min_lr_ratio=float(tr["min_lr_ratio"]))
 
     identity = {"model": cfg["model"],
-                "training": {**{k: v for k, v in tr.items() if k != "progress"}, "clip_mode": requested_clip},
+                "training": {k: v for k, v in tr.items() if k != "progress"},
                 "data": file_identity(cfg["paths"]["text"])}
     t0 = time.time()
     result = Trainer(task, tcfg, output_dir=output_dir, optimizer=optimizer, scheduler=scheduler,
@@ -276,7 +234,7 @@ def train_char_lm(cfg: Dict, output_dir: Union[str, Path], metrics_path: Optiona
     last_eval = result.history[-1] if result.history else task.evaluate(model.eval())
     summary = {
         "attention": cfg["model"]["attention"],
-        "clip_mode": requested_clip,
+        "clip_mode": tr["clip_mode"],
         "context": cfg["model"]["context"],
         "val_loss": last_eval.get("val_loss"),
         "val_bits_per_char": last_eval.get("val_bits_per_char"),

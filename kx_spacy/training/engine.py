@@ -13,13 +13,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
-from .clipping import clip_gradients
+from .clipping import CLIP_MODES, clip_gradients
 from .distributed import DistContext
 from .errors import NoCheckpointError, NonFiniteLossError, TrainingError
 from .metrics_log import METRICS_FILE, MetricsLog
 from .precision import Precision, resolve_device
 
-CLIP_MODES = ("global_norm", "smooth", "none")
 
 
 @dataclass
@@ -30,7 +29,8 @@ class TrainingConfig:
     max_time_minutes (Optional[float]): also stop when this much training time is used (resumed
         runs count the time of earlier runs).
     grad_accum (int): micro-batches per optimizer step (their mean loss is minimised).
-    clip_mode (str): "global_norm", "smooth" (γ/(‖g‖+γ)) or "none"; see ``clipping.py``.
+    clip_mode (str): "global_norm", "smooth" (γ/(‖g‖+γ)), "per_array" (thinc's, for comparisons) or
+        "none"; see ``clipping.py``.
     clip_threshold (float): the clipping threshold (max norm / γ).
     precision (str): "auto", "fp32", "bf16" or "fp16"; see ``precision.py``.
     eval_every (int): call ``task.evaluate`` every this many steps and at the end (0: never).

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kx_spacy.errors import KxError
-from kx_spacy.lm.char_lm import (CharLMDataError, CharLMTask, PerArrayClippedAdamW, build_char_lm, load_lm_config,
+from kx_spacy.lm.char_lm import (CharLMDataError, CharLMTask, build_char_lm, load_lm_config,
                                  load_text_splits, make_optimizer, train_char_lm)
 
 TEXT = ("to be or not to be, that is the question. " * 40)
@@ -63,23 +63,8 @@ def test_train_on_the_engine_writes_metrics(tiny_cfg, tmp_path, attention):
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-def test_per_array_clipping_clips_each_tensor():
-    a = torch.nn.Parameter(torch.zeros(3))
-    b = torch.nn.Parameter(torch.zeros(2))
-    opt = PerArrayClippedAdamW([a, b], clip_threshold=1.0, lr=0.0)
-    a.grad = torch.tensor([3.0, 4.0, 0.0])      # norm 5 → scaled to norm 1
-    b.grad = torch.tensor([0.3, 0.4])           # norm 0.5 → unchanged
-    opt.step()
-    assert torch.linalg.vector_norm(a.grad).item() == pytest.approx(1.0, rel=1e-5)
-    assert torch.allclose(b.grad, torch.tensor([0.3, 0.4]))
-
-
-def test_sgd_with_per_array_clipping_and_bad_optimizer_name():
+def test_bad_optimizer_name():
     a = torch.nn.Parameter(torch.zeros(2))
-    opt = make_optimizer("sgd", [a], lr=1.0, momentum=0.0, per_array_clip=1.0)
-    a.grad = torch.tensor([6.0, 8.0])
-    opt.step()
-    assert torch.allclose(a.detach(), torch.tensor([-0.6, -0.8]), atol=1e-5)   # one unit step
     with pytest.raises(KxError, match="optimizer"):
         make_optimizer("lion", [a], lr=1.0)
 

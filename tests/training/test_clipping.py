@@ -93,3 +93,20 @@ def test_nonfinite_grads_are_not_rescaled():
     ps = _params([torch.tensor([float("inf"), 1.0])])
     norm = clip_grad_global_norm(ps, 1.0)
     assert not math.isfinite(norm)
+
+
+def test_per_array_clips_each_tensor_and_reports_the_global_norm():
+    from kx_spacy.training.clipping import clip_gradients
+
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.tensor([3.0, 4.0, 0.0])      # norm 5 -> scaled to norm 1
+    b.grad = torch.tensor([0.3, 0.4])           # norm 0.5 -> unchanged
+    before = clip_gradients([a, b], "per_array", 1.0)
+    assert before == pytest.approx((25 + 0.25) ** 0.5, rel=1e-6)
+    assert torch.linalg.vector_norm(a.grad).item() == pytest.approx(1.0, rel=1e-6)
+    assert torch.allclose(b.grad, torch.tensor([0.3, 0.4]))
+    # two arrays at the threshold: the step's total norm is sqrt(2) x the threshold, not bounded by it
+    a.grad, b.grad = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0])
+    clip_gradients([a, b], "per_array", 1.0)
+    assert (a.grad.norm() ** 2 + b.grad.norm() ** 2).sqrt().item() == pytest.approx(2 ** 0.5)

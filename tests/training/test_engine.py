@@ -114,6 +114,6 @@ def test_bad_settings_and_empty_data(tmp_path):
     with pytest.raises(TrainingError, match="grad_accum"):
         TrainingConfig(grad_accum=0).validate()
     with pytest.raises(TrainingError, match="clip_mode"):
-        TrainingConfig(clip_mode="per_array").validate()
+        TrainingConfig(clip_mode="elementwise").validate()
     with pytest.raises(TrainingError, match="yielded no batch"):
         _train(tmp_path, ToyTask(n=4, batch=8))

@@ -82,3 +82,8 @@ class SourceTooLongError(KxError):
 
 class GeneratorNotInitializedError(KxError):
     """kx_generator: the pipe is used before ``nlp.initialize()`` built its vocabulary."""
+
+
+# --- packaging (issue 15) ---
+class PipelineAssemblyError(KxError):
+    """A pipeline assembled from trained ones would not annotate as its sources did."""

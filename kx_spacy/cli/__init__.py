@@ -31,6 +31,7 @@ from . import annotate  # noqa: E402,F401
 from . import mgs  # noqa: E402,F401
 from . import nvae  # noqa: E402,F401
 from . import generation  # noqa: E402,F401
+from . import data  # noqa: E402,F401
 
 
 def main() -> None:

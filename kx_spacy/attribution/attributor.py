@@ -125,7 +125,8 @@ class Attributor:
         self.name = name
         self.transformer = transformer
         self.classifier = classifier
-        self.labels = list(labels) if labels else None
+        # a list, never None: spaCy's nlp.meta lists every pipe's .labels (saving would fail)
+        self.labels = list(labels) if labels else []
         self.baseline = baseline or make_pad_baseline()
         self.quadrature = quadrature or AdaptiveSimpson()
         self.quadrature.start(int(max_steps))  # validates max_steps against the rule
@@ -147,7 +148,7 @@ class Attributor:
             backbone,
             bridge,
             docs,
-            labels=self.labels,
+            labels=self.labels or None,  # none given: each doc's top label
             baseline=self.baseline,
             quadrature=self.quadrature,
             tolerance=self.tolerance,

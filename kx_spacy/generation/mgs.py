@@ -70,6 +70,7 @@ NOISE_SCALES = ("uniform", "constant")
 BASELINES = ("mean", "ema", "none")
 
 TaskLoss = Callable[[Sequence[Any], Sequence[Any]], List[float]]
+DecodeCandidates = Callable[[List[Optional[List[Any]]]], List[Sequence[Any]]]
 
 
 class MGSConfigError(KxError):
@@ -97,6 +98,11 @@ class MGSConfig:
         measured at this step size, the step taken is the optimizer's).
     zero_candidate (bool): add ε = 0 (the current model, Δ = 0) to the candidate pool.
     score_current (bool): decode the current model too (statistics: Δ, all-worse).
+    candidate_batch (int): candidates decoded together in one batched decode when the caller
+        offers ``decode_candidates`` (the generator task does for an output-layer subset):
+        0 = all K (with the current model), 1 = one at a time, in place. A batched group holds
+        its perturbed subset values as separate tensors: extra memory = group size × subset
+        (the module's own weights are never touched); one at a time: one saved copy.
     clip_mode (str): "global_norm", "smooth" or "none" (kx_spacy.training.clipping).
     clip_threshold (float): threshold for the MLE gradient and for the final step.
     mle_mix (float): α, the probability that an update is a plain MLE step instead.
@@ -123,6 +129,7 @@ class MGSConfig:
     candidate_scale: float = 1.0
     zero_candidate: bool = False
     score_current: bool = True
+    candidate_batch: int = 0
     clip_mode: str = "global_norm"
     clip_threshold: float = 1.0
     mle_mix: float = 0.0
@@ -161,6 +168,9 @@ class MGSConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise MGSConfigError(f"{name} must lie in [0, 1], got {value!r}")
+        if not isinstance(self.candidate_batch, int) or isinstance(self.candidate_batch, bool) \
+                or self.candidate_batch < 0:
+            raise MGSConfigError(f"candidate_batch must be an integer ≥ 0, got {self.candidate_batch!r}")
         if self.max_decode_length < 1:
             raise MGSConfigError(f"max_decode_length must be ≥ 1, got {self.max_decode_length!r}")
         if self.clip_mode not in (None, "", "none") and not (
@@ -227,6 +237,7 @@ class UpdateStats:
     grad_norm (float): global norm of the MLE gradient before clipping.
     step_norm (float): norm of the step direction handed to the optimizer, before clipping.
     decodes (int): batch decodes run (one decode = the whole batch once).
+    passes (int): decoder passes run (a batched decode of several candidates is one pass).
     sequences (int): sequences decoded.
     seconds (float): wall-clock of the update.
     extra_bytes (int): bytes of the saved parameter copy (the update's extra memory).
@@ -245,6 +256,7 @@ class UpdateStats:
     grad_norm: float = math.nan
     step_norm: float = math.nan
     decodes: int = 0
+    passes: int = 0
     sequences: int = 0
     seconds: float = 0.0
     extra_bytes: int = 0
@@ -264,6 +276,7 @@ class UpdateStats:
             "mle_grad_norm": self.grad_norm,
             "step_norm": self.step_norm,
             "decodes": float(self.decodes),
+            "passes": float(self.passes),
             "sequences": float(self.sequences),
             "seconds": self.seconds,
             "extra_bytes": float(self.extra_bytes),
@@ -372,12 +385,15 @@ def mgs_search(
     *,
     parameters: Optional[List[Tuple[str, "torch.nn.Parameter"]]] = None,
     seed: Optional[int] = None,
+    decode_candidates: Optional[DecodeCandidates] = None,
 ) -> Tuple[Optional[List["torch.Tensor"]], UpdateStats]:
     """The MGS search: RETURNS the step direction ``d`` (one tensor per parameter) and stats.
 
     The module's weights are perturbed in place and restored bit-identically before this
-    returns; nothing is stepped and no ``.grad`` is written. ``d`` is None when the update
-    must be skipped (non-finite MLE gradient, or no candidate with a finite task loss).
+    returns (or, with ``decode_candidates`` and ``config.candidate_batch != 1``, never
+    touched: the candidates' subset values are handed to it in groups); nothing is stepped and
+    no ``.grad`` is written. ``d`` is None when the update must be skipped (non-finite MLE
+    gradient, or no candidate with a finite task loss).
 
     module (torch.nn.Module): the model; decoded in eval mode, its mode restored.
     mle_loss (Callable[[], torch.Tensor]): the batch's MLE loss at the current weights.
@@ -385,6 +401,10 @@ def mgs_search(
     task_loss (Callable[[Sequence], Sequence[float]]): hypotheses → per-sequence losses.
     config (MGSConfig): the settings. parameters: the subset (default from config.parameters).
     seed (int): seed of this search's noise (default: drawn from torch's global generator).
+    decode_candidates (Callable): ``values_list → hypotheses_list``: decodes the batch once per
+        entry of ``values_list`` in one batched decode, each entry a list of subset values (in
+        ``parameters`` order) or None for the current weights. The same candidates, losses
+        and weights as the one-at-a-time path, fewer decoder passes.
     RETURNS (Tuple[Optional[List[torch.Tensor]], UpdateStats]): direction and statistics.
     """
     import torch
@@ -428,40 +448,73 @@ def mgs_search(
     was_training = module.training
     losses: List[float] = []
     log_rhos: List[float] = []
-    subset.save()
-    stats.extra_bytes = sum(t.numel() * t.element_size() for t in subset.saved)
+    group = config.num_candidates if config.candidate_batch == 0 else config.candidate_batch
+    batched = decode_candidates is not None and group > 1
+    want_current = config.score_current or config.zero_candidate
+
+    def score(hyps) -> float:
+        stats.decodes += 1
+        stats.sequences += len(hyps)
+        return _mean_loss(task_loss(hyps), len(hyps))
+
+    def candidate(k: int, apply: bool):
+        """ε_k, drawn from its own seed; applied in place (apply) or returned as θ + ε_k."""
+        gen = _generator(params[0].device, seeds[k])
+        # the four sums stay on the device: one synchronisation per candidate
+        sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
+        values = []
+        for p, g, scale, iv, j in zip(params, grads, scales, inv_var, range(len(params))):
+            eps = _noise(p, scale, gen)
+            flat_g = g.reshape(-1).float()
+            if is_mle[k]:
+                eps.view(-1).sub_(flat_g, alpha=c)  # the MLE step is c·g = −c·G
+            flat = eps.view(-1)
+            ee_t = torch.dot(flat, flat).double()
+            eg_t = torch.dot(flat, flat_g).double() * -c
+            sums += torch.stack([ee_t, eg_t, ee_t * iv, eg_t * iv])
+            if apply:
+                p.data.copy_(subset.saved[j])
+                p.data.add_(eps.to(p.dtype))
+            else:
+                values.append(p.detach() + eps.to(p.dtype))
+            del eps, flat_g, flat
+        ee, eg, ee_s, eg_s = (float(x) for x in sums.tolist())
+        log_rhos.append(_log_proposal(config.density, share, ee, eg, gg_sum, ee_s, eg_s, gg_scaled))
+        return values
+
     try:
         module.eval()
         with torch.no_grad():
-            if config.score_current or config.zero_candidate:
-                hyps = decode()
-                stats.task_loss = _mean_loss(task_loss(hyps), len(hyps))
-                stats.decodes += 1
-                stats.sequences += len(hyps)
-            for k in range(config.num_candidates):
-                gen = _generator(params[0].device, seeds[k])
-                # the four sums stay on the device: one synchronisation per candidate
-                sums = torch.zeros(4, dtype=torch.float64, device=params[0].device)
-                for p, saved, g, scale, iv in zip(params, subset.saved, grads, scales, inv_var):
-                    eps = _noise(p, scale, gen)
-                    flat_g = g.reshape(-1).float()
-                    if is_mle[k]:
-                        eps.view(-1).sub_(flat_g, alpha=c)  # the MLE step is c·g = −c·G
-                    flat = eps.view(-1)
-                    ee_t = torch.dot(flat, flat).double()
-                    eg_t = torch.dot(flat, flat_g).double() * -c
-                    sums += torch.stack([ee_t, eg_t, ee_t * iv, eg_t * iv])
-                    p.data.copy_(saved)
-                    p.data.add_(eps.to(p.dtype))
-                    del eps, flat_g, flat
-                ee, eg, ee_s, eg_s = (float(x) for x in sums.tolist())
-                hyps = decode()
-                stats.decodes += 1
-                stats.sequences += len(hyps)
-                losses.append(_mean_loss(task_loss(hyps), len(hyps)))
-                log_rhos.append(_log_proposal(config.density, share, ee, eg, gg_sum, ee_s, eg_s, gg_scaled))
+            if batched:
+                held = 0
+                for first in range(0, config.num_candidates, group):
+                    ks = list(range(first, min(config.num_candidates, first + group)))
+                    entries = [candidate(k, apply=False) for k in ks]
+                    held = max(held, sum(t.numel() * t.element_size() for e in entries for t in e))
+                    if first == 0 and want_current:
+                        entries = [None] + entries
+                    outs = list(decode_candidates(entries))
+                    stats.passes += 1
+                    if len(outs) != len(entries):
+                        raise MGSTaskError(f"decode_candidates returned {len(outs)} results for {len(entries)} entries")
+                    if first == 0 and want_current:
+                        stats.task_loss = score(outs.pop(0))
+                    losses.extend(score(hyps) for hyps in outs)
+                    del entries, outs
+                stats.extra_bytes = held
+            else:
+                subset.save()
+                stats.extra_bytes = sum(t.numel() * t.element_size() for t in subset.saved)
+                if want_current:
+                    stats.task_loss = score(decode())
+                    stats.passes += 1
+                for k in range(config.num_candidates):
+                    candidate(k, apply=True)
+                    losses.append(score(decode()))
+                    stats.passes += 1
     finally:
-        subset.restore()
+        if subset.saved:
+            subset.restore()
         module.train(was_training)
 
     # --- weights: w_k ∝ exp(β (L(θ) − L_k)) / q(ε_k); L(θ) cancels in the softmax
@@ -491,7 +544,7 @@ def mgs_search(
     stats.mle_weight = w_mle
 
     # --- d = c·W_mle·g + Σ_k w_k n_k, built in the saved copy's buffers (no longer needed)
-    direction = subset.saved
+    direction = subset.saved or [torch.empty_like(p) for p in params]
     subset.release()
     with torch.no_grad():
         for d, g in zip(direction, grads):
@@ -599,6 +652,12 @@ class SequenceTask(Protocol):
     ``sample`` returns ``num_samples`` hypotheses per input, grouped by input.
     ``sequence_log_probs`` is differentiable: (B, num_samples) mean token log-probabilities of
     the hypotheses (used by PG / MRT only).
+
+    Optional, for MGS's batched candidates (``MGSConfig.candidate_batch``):
+    ``decode_candidates(module, batch, max_length, names, values_list)`` decodes the batch
+    once per entry of ``values_list`` (subset values in ``names`` order, or None for the
+    current weights) in one pass and returns one hypothesis list per entry;
+    ``supports_candidates(module, names)`` says whether it can for that parameter subset.
     """
 
     def mle_loss(self, module: Any, batch: Any) -> "torch.Tensor": ...
@@ -685,6 +744,12 @@ class SequenceLevelUpdater:
         elif method == "mgs":
             refs = self.task.references(batch)
             budget = decode_budget(self.task.target_length(batch), config)
+            many = None
+            names = [n for n, _ in named]
+            if config.candidate_batch != 1 and callable(getattr(self.task, "decode_candidates", None)) \
+                    and getattr(self.task, "supports_candidates", lambda m, n: True)(module, names):
+                def many(values_list):
+                    return self.task.decode_candidates(module, batch, budget, names, values_list)
             grads, stats = mgs_search(
                 module,
                 lambda: self.task.mle_loss(module, batch),
@@ -693,6 +758,7 @@ class SequenceLevelUpdater:
                 config,
                 parameters=named,
                 seed=seed,
+                decode_candidates=many,
             )
             if grads is not None:
                 grads = [d.neg_() for d in grads]
@@ -769,12 +835,14 @@ class SequenceLevelUpdater:
                 if greedy:
                     first = list(self.task.decode(module, batch, budget))
                     stats.decodes += 1
+                    stats.passes += 1
                     grouped = []
                     for i in range(n_inputs):
                         grouped.append(first[i])
                         grouped.extend(samples[i * per_input:(i + 1) * per_input])
                     samples = grouped
                 stats.decodes += per_input
+                stats.passes += 1
                 stats.sequences += len(samples)
         finally:
             module.train(was_training)

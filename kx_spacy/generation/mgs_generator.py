@@ -152,7 +152,7 @@ class GeneratorSequenceTask:
         from ..models.seq2seq_decoder import sequence_nll
 
         log_probs = module(tgt_in, memory, mask, tgt_mask)
-        return sequence_nll(log_probs, tgt_out, self.vocab.pad_id)
+        return sequence_nll(log_probs, tgt_out, self.vocab.pad_id, ignore_ids=self.vocab.loss_ignore_ids)
 
     def mle_loss(self, module, batch: GeneratorBatch):
         total, count = self._nll(module, batch.memory, batch.mask, batch.tgt_in, batch.tgt_out, batch.tgt_mask)
@@ -166,6 +166,45 @@ class GeneratorSequenceTask:
         hyps = module.decode(batch.memory, batch.mask, self.greedy, bos_id=self.vocab.bos_id,
                              eos_id=self.vocab.eos_id, max_length=max_length)
         return self._texts(hyps)
+
+    def supports_candidates(self, module, names: Sequence[str]) -> bool:
+        """Batched candidate decodes need a subset inside the output layer (``output.*``)."""
+        return bool(names) and hasattr(module, "output") and all(n.startswith("output.") for n in names)
+
+    def decode_candidates(self, module, batch: GeneratorBatch, max_length: int, names: Sequence[str],
+                          values_list: Sequence[Optional[Sequence[Any]]]) -> List[List[GenerationText]]:
+        """Greedy decodes of the batch under several output-layer weights, in one pass.
+
+        The decoder body (self-attention, cross-attention, MLP) is shared, so the G entries'
+        rows (G × B: memory repeated, entry-major) go through it together; the output layer
+        runs once per entry on that entry's live rows with its own weights
+        (``torch.func.functional_call``; None: the current weights). RETURNS one hypothesis
+        list per entry.
+        """
+        import torch
+
+        if not self.supports_candidates(module, names):
+            raise GeneratorFinetuneError(f"Batched candidate decodes need output-layer parameters, got {list(names)}")
+        groups = len(values_list)
+        b = batch.memory.size(0)
+        overrides = [None if v is None else {"base." + n[len("output."):]: t for n, t in zip(names, v)}
+                     for v in values_list]
+        memory = batch.memory.repeat(groups, *([1] * (batch.memory.dim() - 1)))
+        mask = batch.mask.repeat(groups, *([1] * (batch.mask.dim() - 1)))
+        base = module.output
+        shim = _GroupedOutput(base, overrides, torch.arange(groups, device=memory.device).repeat_interleave(b))
+        was = module.training
+        module.eval()
+        module.output = shim
+        try:
+            with torch.no_grad():
+                state = module.init_state(memory, mask)
+                hyps = self.greedy.decode(_GroupedRows(module, shim), state, groups * b, bos_id=self.vocab.bos_id,
+                                          eos_id=self.vocab.eos_id, max_length=max_length)
+        finally:
+            module.output = base
+            module.train(was)
+        return [self._texts(hyps[g * b:(g + 1) * b]) for g in range(groups)]
 
     def sample(self, module, batch: GeneratorBatch, max_length: int, num_samples: int) -> List[GenerationText]:
         import torch
@@ -203,6 +242,74 @@ class GeneratorSequenceTask:
 
     def target_length(self, batch: GeneratorBatch) -> int:
         return max(batch.lengths)
+
+
+def _grouped_output_classes():
+    import torch
+    from torch import nn
+
+    class _Step(nn.Module):
+        """``forward`` = the wrapped output layer's ``step`` (so functional_call can run it)."""
+
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+
+        def forward(self, hidden_t, state):
+            return self.base.step(hidden_t, state)
+
+    class GroupedOutput(nn.Module):
+        """An output layer whose rows belong to groups with their own weights (see
+        GeneratorSequenceTask.decode_candidates); ``groups`` follows the decoder's reordering."""
+
+        def __init__(self, base, overrides, groups):
+            super().__init__()
+            self.stepper = _Step(base)
+            self.overrides, self.groups = overrides, groups
+
+        def initial_state(self, batch_size, device=None):
+            return self.stepper.base.initial_state(batch_size, device)
+
+        def step(self, hidden_t, state):
+            log_probs = new_state = None
+            for g in torch.unique(self.groups).tolist():
+                rows = (self.groups == g).nonzero().squeeze(1)
+                args = (hidden_t.index_select(0, rows), state.index_select(0, rows))
+                params = self.overrides[g]
+                lp, st = self.stepper(*args) if params is None else \
+                    torch.func.functional_call(self.stepper, params, args)
+                if log_probs is None:
+                    log_probs = lp.new_empty((hidden_t.size(0),) + tuple(lp.shape[1:]))
+                    new_state = st.new_empty((hidden_t.size(0),) + tuple(st.shape[1:]))
+                log_probs.index_copy_(0, rows, lp)
+                new_state.index_copy_(0, rows, st)
+            return log_probs, new_state
+
+    return GroupedOutput
+
+
+def _GroupedOutput(base, overrides, groups):
+    global _GROUPED_OUTPUT
+    if _GROUPED_OUTPUT is None:
+        _GROUPED_OUTPUT = _grouped_output_classes()
+    return _GROUPED_OUTPUT(base, overrides, groups)
+
+
+_GROUPED_OUTPUT = None
+
+
+class _GroupedRows:
+    """The decoder as a step model whose row reordering also reorders the rows' groups."""
+
+    def __init__(self, module, shim):
+        self.module, self.shim = module, shim
+
+    def step(self, tokens, state):
+        return self.module.step(tokens, state)
+
+    def reorder_state(self, state, index):
+        self.shim.groups = self.shim.groups.index_select(0, index.to(self.shim.groups.device))
+        return self.module.reorder_state(state, index)
 
 
 class GeneratorFinetuneTask:

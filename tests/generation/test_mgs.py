@@ -308,3 +308,38 @@ def test_log_proposal_matches_the_reference_formula():
     assert _log_proposal("none", 0.5, ee, eg, gg, ee, eg, gg) == 0.0
     # only MLE-centred candidates: the N(g, ·) component alone
     assert _log_proposal("unit", 1.0, ee, eg, gg, 0, 0, 0) == pytest.approx(-0.5 * (ee - 2 * eg + gg))
+
+
+@pytest.mark.parametrize("group", [0, 2, 3])
+def test_batched_candidates_match_one_at_a_time(group):
+    from kx_spacy.generation.mgs import mgs_search
+
+    model = Table()
+    before = model.logits.detach().clone()
+    mle_loss, decode, task_loss = task_closures(model)
+    calls = []
+
+    def decode_candidates(values_list):
+        assert torch.equal(model.logits, before)  # the module itself is never perturbed
+        calls.append(len(values_list))
+        return [[(model.logits if v is None else v[0]).argmax(-1).tolist()] for v in values_list]
+
+    base = dict(num_candidates=5, beta=10.0, noise=0.5, noise_scale="constant", parameters=["logits"])
+    named = select_parameters(model, ["logits"])
+    d_seq, s_seq = mgs_search(model, mle_loss, decode, task_loss, MGSConfig(candidate_batch=1, **base),
+                              parameters=named, seed=3, decode_candidates=decode_candidates)
+    assert not calls and s_seq.passes == 6  # candidate_batch=1: in place, one decode each
+    d_bat, s_bat = mgs_search(model, mle_loss, decode, task_loss, MGSConfig(candidate_batch=group, **base),
+                              parameters=named, seed=3, decode_candidates=decode_candidates)
+    size = 5 if group == 0 else group
+    assert calls[0] == min(5, size) + 1 and sum(calls) == 6  # the current model rides in the first pass
+    assert s_bat.passes == len(calls) < s_seq.passes and s_bat.decodes == s_seq.decodes == 6
+    assert s_bat.candidate_losses == s_seq.candidate_losses and s_bat.task_loss == s_seq.task_loss
+    assert s_bat.weights == pytest.approx(s_seq.weights)
+    assert torch.allclose(d_bat[0], d_seq[0]) and torch.equal(model.logits, before)
+    assert s_bat.extra_bytes == min(5, size) * before.numel() * before.element_size()
+
+
+def test_candidate_batch_must_be_a_count():
+    with pytest.raises(MGSConfigError):
+        MGSConfig(candidate_batch=-1)

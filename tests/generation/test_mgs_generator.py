@@ -86,3 +86,36 @@ def test_task_loss_names_and_generation_text():
     assert resolve_task_loss("kx_spacy.RepetitionLoss.v1")([hyp], ["x"]) == [0.0]
     with pytest.raises(GeneratorFinetuneError):
         resolve_task_loss("no-such-loss")
+
+
+@pytest.mark.slow
+def test_batched_candidate_decodes_match_decoding_each_weight_set(saved_pipeline):
+    from kx_spacy.generation.mgs_generator import GeneratorSequenceTask, encode_pairs, generator_pipe
+
+    nlp = spacy.load(saved_pipeline)
+    pipe = generator_pipe(nlp)
+    module = pipe.decoder
+    task = GeneratorSequenceTask(pipe, encode_pairs(nlp, PAIRS))
+    batch = task.make_batch([0, 1, 2, 3])
+    names = [n for n, _ in module.named_parameters() if n.startswith("output.")]
+    assert task.supports_candidates(module, names) and not task.supports_candidates(module, ["embed.weight"])
+    gen = torch.Generator().manual_seed(0)
+    params = dict(module.named_parameters())
+    values = [[params[n].detach() + 2.0 * torch.randn(params[n].shape, generator=gen) for n in names]
+              for _ in range(2)]
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    got = task.decode_candidates(module, batch, 9, names, [None] + values)
+    assert module.output.__class__.__name__ != "GroupedOutput"  # the output layer is put back
+    assert all(torch.equal(p, before[n]) for n, p in module.named_parameters())
+    expected = [task.decode(module, batch, 9)]
+    for vals in values:
+        with torch.no_grad():
+            for n, v in zip(names, vals):
+                params[n].copy_(v)
+        expected.append(task.decode(module, batch, 9))
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(before[n])
+    assert [[h.ids for h in hyps] for hyps in got] == [[h.ids for h in hyps] for hyps in expected]
+    assert [[h.stopped_by for h in hyps] for hyps in got] == [[h.stopped_by for h in hyps] for hyps in expected]
+    assert [h.ids for h in got[1]] != [h.ids for h in got[0]] or [h.ids for h in got[2]] != [h.ids for h in got[0]]

@@ -65,7 +65,7 @@ def evaluate_generator_cli(
                              seeds=seeds, lengths=lengths, bleu_tokenize=bleu_tokenize,
                              prefix_length=prefix_length)
     write_json(out, output)
-    typer.echo(json.dumps({k: out[k] for k in ("output_layer", "t_star", "perplexity", "greedy_test", "baselines")},
+    typer.echo(json.dumps({k: out[k] for k in ("output_layer", "t_star", "perplexity", "perplexity_counts", "greedy_test", "baselines")},
                           indent=1, ensure_ascii=False))
     for mode, rec in out["non_termination"].items():
         prefixed = rec.get("test_sources_random_prefix", {}).get("r")

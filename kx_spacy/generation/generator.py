@@ -375,7 +375,9 @@ class Generator(TrainablePipe):
         return [None if t is None else vocab.encode(tok(t))[:limit] for t in texts]
 
     def update(self, examples: Iterable, *, drop: float = 0.0, sgd=None, losses: Optional[dict] = None) -> dict:
-        """Teacher forcing on the examples' targets (label smoothing as configured).
+        """Teacher forcing on the examples' targets (label smoothing as configured). Target
+        positions holding UNK (tokens outside the target vocabulary) are left out of the loss:
+        UNK is fed as an input but never generated.
 
         The decoder's dropout is its model setting (``dropout``); ``drop`` is not used. Every
         doc of the batch gets a gradient (zero for empty docs and docs without a target), so
@@ -422,7 +424,8 @@ class Generator(TrainablePipe):
             tgt_mask = torch.arange(T, device=device)[None, :] <= torch.tensor(
                 [len(targets[i]) for i in rows], device=device)[:, None]
             log_probs = dec(tgt_in, memory, mask, tgt_mask)
-            total, count = sequence_nll(log_probs, tgt_out, vocab.pad_id, self.cfg["label_smoothing"])
+            total, count = sequence_nll(log_probs, tgt_out, vocab.pad_id, self.cfg["label_smoothing"],
+                                        ignore_ids=vocab.loss_ignore_ids)
             loss = total / count.clamp(min=1)
             loss.backward()
             grads = memory.grad

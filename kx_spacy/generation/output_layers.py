@@ -29,7 +29,11 @@ Every layer has the same API:
   beam search reorders them with ``state[index]``.
 * ``lower_bound(t)``: the guaranteed ``p(eos | t)`` (0 for softmax).
 
-``never_ids`` (PAD, BOS) get probability 0 (log-prob −inf) in every layer.
+``never_ids`` (the generator's PAD, BOS and UNK) get probability 0 (log-prob −inf) in every
+layer. In the ST / NMST layers they are dropped from the softmax over the non-EOS tokens only:
+p(eos) is the sigmoid's, untouched, so the bound p(eos | t) ≥ 1 − (1 − ε)^t still holds and
+the non-EOS mass 1 − p(eos) is shared among the tokens that can be produced. The softmax
+layer renormalises over every producible token, EOS included (it has no bound to keep).
 
 Registered builders (``registry.misc``) return an :class:`OutputLayerSpec`; the generator
 builds the torch module once it knows the vocabulary: ``spec.build(hidden, n_vocab, eos_id,

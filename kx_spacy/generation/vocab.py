@@ -4,6 +4,15 @@
 EOS = 2, UNK = 3. It is built from the training targets in ``initialize`` and saved with
 the pipe (a plain list of strings), so a loaded pipe decodes to the same text.
 
+UNK stands for every target token outside the vocabulary. It is an *input* token (teacher
+forcing feeds it, so the positions after it stay right) but never an output: it is one of
+``never_ids`` (with PAD and BOS), to which every output layer gives probability 0, so no
+decoding strategy can produce it, and teacher-forcing positions whose target is UNK are left
+out of the loss and the perplexity (``loss_ignore_ids``; the perplexity report counts them
+separately). With the ST / NMST layers p(eos) comes from the EOS sigmoid alone and the never
+ids are dropped from the softmax over the *other* tokens, so masking UNK leaves p(eos), and
+the termination bound, unchanged.
+
 Target tokenizers (``target_tokenizer`` setting of ``kx_generator``):
 
 * ``"char"``: every non-whitespace character is a token; decoding concatenates them
@@ -46,7 +55,8 @@ class TargetVocab:
         self.index: Dict[str, int] = {t: i for i, t in enumerate(tokens)}
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
-    never_ids = (0, 1)
+    never_ids = (0, 1, 3)  # PAD, BOS, UNK: never generated (probability 0 in every output layer)
+    loss_ignore_ids = (0, 3)  # PAD, UNK: target positions left out of the loss / perplexity
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -68,13 +78,18 @@ class TargetVocab:
                         key=lambda t: (-counts[t], t))
         if max_size:
             ranked = ranked[: max(0, max_size - len(SPECIALS))]
+        if not ranked:
+            raise GeneratorVocabError(
+                f"The target vocabulary would hold no ordinary token (max_size={max_size}, "
+                f"min_freq={min_freq}): raise max_vocab above {len(SPECIALS)} or lower min_freq.")
         return cls(list(SPECIALS) + ranked)
 
     def encode(self, tokens: Sequence[str]) -> List[int]:
         return [self.index.get(t, self.unk_id) for t in tokens]
 
     def decode(self, ids: Iterable[int]) -> List[str]:
-        """Tokens of ``ids``, specials other than UNK dropped."""
+        """Tokens of ``ids``, specials other than UNK dropped (a trained pipe never generates
+        UNK; a forced prefix may hold one)."""
         return [self.tokens[i] for i in ids if i >= len(SPECIALS) or i == self.unk_id]
 
 

@@ -112,8 +112,17 @@ def _encode_vectors(nlp, texts: List[str], name: str, batch_size: int = 64):
     return pipe.model.predict(docs), docs
 
 
-def perplexity(nlp, pairs: Sequence[Tuple[str, str]], name: str = "kx_generator", batch_size: int = 64) -> float:
-    """Per-token perplexity (EOS included) of the targets given the sources (teacher forcing)."""
+def perplexity_report(nlp, pairs: Sequence[Tuple[str, str]], name: str = "kx_generator",
+                      batch_size: int = 64) -> dict:
+    """Per-token perplexity of the targets given the sources (teacher forcing), and how the
+    target positions were counted.
+
+    Every target token and the final EOS count, except tokens outside the target vocabulary
+    (UNK): the generator never produces UNK (probability 0), so those positions are left out of
+    both the summed NLL and the count (the UNK token is still fed as the next input).
+    RETURNS (dict): ``perplexity``, ``n_positions`` (counted, EOS included), ``n_unk`` (left
+    out), ``unk_share`` (n_unk / all target positions).
+    """
     import torch
 
     from ..models.seq2seq_decoder import sequence_nll
@@ -122,7 +131,7 @@ def perplexity(nlp, pairs: Sequence[Tuple[str, str]], name: str = "kx_generator"
     vocab = pipe.target_vocab
     dec = pipe.decoder
     dec.eval()
-    total, count = 0.0, 0
+    total, count, n_unk = 0.0, 0, 0
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         vectors, _ = _encode_vectors(nlp, [s for s, _ in chunk], name, batch_size)
@@ -139,10 +148,18 @@ def perplexity(nlp, pairs: Sequence[Tuple[str, str]], name: str = "kx_generator"
         tgt_mask = torch.arange(T)[None, :] <= torch.tensor([len(t) for t in targets])[:, None]
         with torch.no_grad():
             lp = dec(tgt_in.to(memory.device), memory, mask, tgt_mask.to(memory.device))
-            s, n = sequence_nll(lp, tgt_out.to(memory.device), vocab.pad_id)
+            s, n = sequence_nll(lp, tgt_out.to(memory.device), vocab.pad_id, ignore_ids=vocab.loss_ignore_ids)
         total += s.item()
         count += int(n.item())
-    return math.exp(total / max(count, 1))
+        n_unk += int((tgt_out == vocab.unk_id).sum().item())
+    return {"perplexity": math.exp(total / max(count, 1)), "n_positions": count, "n_unk": n_unk,
+            "unk_share": n_unk / max(1, count + n_unk),
+            "counting": "target tokens + EOS; UNK targets (never generated) left out"}
+
+
+def perplexity(nlp, pairs: Sequence[Tuple[str, str]], name: str = "kx_generator", batch_size: int = 64) -> float:
+    """Per-token perplexity (EOS included, UNK targets left out; see :func:`perplexity_report`)."""
+    return perplexity_report(nlp, pairs, name, batch_size)["perplexity"]
 
 
 def baselines(train_pairs, test_pairs, *, target_tokenizer: str = "char", bleu_tokenize: str = "13a") -> Dict[str, dict]:
@@ -268,7 +285,9 @@ def evaluate_generator(model_path, test_path, train_path, *, limit: int = 500, n
     out: dict = {"model": str(model_path), "output_layer": pipe.model.attrs["output_kind"],
                  "epsilon": pipe.model.attrs["epsilon"], "t_star": bound.t_star,
                  "attention": pipe.model.attrs["attention"], "n_test": len(test)}
-    out["perplexity"] = perplexity(nlp, test, name)
+    ppl = perplexity_report(nlp, test, name)
+    out["perplexity"] = ppl.pop("perplexity")
+    out["perplexity_counts"] = ppl
     start = time.perf_counter()
     docs = list(nlp.pipe([s for s, _ in test], batch_size=64))
     seconds = time.perf_counter() - start

@@ -16,14 +16,14 @@ API:
   cross-attention keys / values are computed once per decode.
 * ``decode(memory, memory_mask, strategy, max_length=..., seed=None)``: runs a strategy
   (``generation/decoding.py``) for the whole batch.
-* ``sequence_nll(log_probs, targets, pad_id, label_smoothing)`` (module function): the
-  teacher-forcing loss.
+* ``sequence_nll(log_probs, targets, pad_id, label_smoothing, ignore_ids)`` (module
+  function): the teacher-forcing loss.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -220,14 +220,19 @@ class Seq2SeqDecoder(nn.Module):
             self.train(was_training)
 
 
-def sequence_nll(log_probs: Tensor, targets: Tensor, pad_id: int, label_smoothing: float = 0.0):
-    """Teacher-forcing loss: (sum of per-token losses, number of target tokens).
+def sequence_nll(log_probs: Tensor, targets: Tensor, pad_id: int, label_smoothing: float = 0.0,
+                 ignore_ids: Sequence[int] = ()):
+    """Teacher-forcing loss: (sum of per-token losses, number of target tokens counted).
 
     log_probs (Tensor): (B, T, V). targets (Tensor): (B, T) ids, pad_id where there is none.
     label_smoothing (float): mix the NLL with the mean −log p over the tokens the layer can
         produce (those with a finite log-prob), weight ``label_smoothing``.
+    ignore_ids (Sequence[int]): further target ids left out (neither summed nor counted),
+        e.g. UNK, which the output layers never produce (its log-prob is −inf).
     """
     mask = targets != pad_id
+    for i in ignore_ids:
+        mask &= targets != int(i)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     if label_smoothing > 0.0:
         finite = torch.isfinite(log_probs)

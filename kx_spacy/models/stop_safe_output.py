@@ -60,6 +60,10 @@ class _OutputBase(nn.Module):
         self.register_buffer("never", never, persistent=False)
         other = never.clone()
         other[eos_id] = True  # the non-EOS softmax excludes EOS and the never ids
+        if bool(other.all()):
+            raise GeneratorConfigError(
+                "The output layer has no token besides EOS that it may produce (every other id is a "
+                "never-generated one): the target vocabulary needs ordinary tokens.")
         self.register_buffer("not_other", other, persistent=False)
 
     # -- API

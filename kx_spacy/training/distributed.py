@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Iterable, Iterator, List
+from typing import Any, Dict, Iterable, Iterator, List
 
 import torch
 
@@ -93,6 +93,43 @@ class DistContext:
         out: List[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's parameters and buffers into every rank's ``module`` (in place)."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for t in itertools.chain(module.parameters(), module.buffers()):
+                dist.broadcast(t.data, src=0)
+
+    def average_gradients(self, params: List[torch.nn.Parameter]) -> None:
+        """Average ``.grad`` over the ranks, in place (one collective for the presence flags,
+        one per dtype for the values). A parameter with a gradient on some rank only gets the
+        mean with zeros elsewhere; one without a gradient on every rank keeps ``grad=None``."""
+        if not self.enabled or not params:
+            return
+        import torch.distributed as dist
+
+        flags = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        live = [p for p, f in zip(params, flags.tolist()) if f > 0]
+        for p in live:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        by_dtype: Dict[torch.dtype, List[torch.nn.Parameter]] = {}
+        for p in live:
+            by_dtype.setdefault(p.grad.dtype, []).append(p)
+        for group in by_dtype.values():
+            flat = torch.cat([p.grad.reshape(-1) for p in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world
+            offset = 0
+            for p in group:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+                offset += n
 
     def wrap(self, module: torch.nn.Module, **ddp_kwargs) -> torch.nn.Module:
         """``module`` in ``DistributedDataParallel`` when the run is distributed, else as is."""

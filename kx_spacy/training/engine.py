@@ -18,14 +18,18 @@ from .distributed import DistContext
 from .errors import NoCheckpointError, NonFiniteLossError, TrainingError
 from .metrics_log import METRICS_FILE, MetricsLog
 from .precision import Precision, resolve_device
+from .progress import StepContext, TrainProgress
 
+#: seconds between progress-bar postfix refreshes (loss EMA, items/s, the task's values)
+BAR_REFRESH_S = 5.0
 
 
 @dataclass
 class TrainingConfig:
     """The settings of one engine run (all optional; every step/eval/checkpoint count is in optimizer steps).
 
-    max_steps (int): stop after this many optimizer steps.
+    max_steps (Optional[int]): stop after this many optimizer steps (None: no step budget, a pure
+        time budget; then ``max_time_minutes`` is required).
     max_time_minutes (Optional[float]): also stop when this much training time is used (resumed
         runs count the time of earlier runs).
     grad_accum (int): micro-batches per optimizer step (their mean loss is minimised).
@@ -46,7 +50,7 @@ class TrainingConfig:
     find_unused_parameters (bool): passed to ``DistributedDataParallel``.
     """
 
-    max_steps: int = 1000
+    max_steps: Optional[int] = 1000
     max_time_minutes: Optional[float] = None
     grad_accum: int = 1
     clip_mode: str = "global_norm"
@@ -63,8 +67,12 @@ class TrainingConfig:
     find_unused_parameters: bool = False
 
     def validate(self) -> None:
+        if self.max_steps is None and not self.max_time_minutes:
+            raise TrainingError("TrainingConfig.max_steps=None (a pure time budget) needs max_time_minutes")
         for key in ("max_steps", "grad_accum", "max_bad_steps"):
             value = getattr(self, key)
+            if key == "max_steps" and value is None:
+                continue
             if not isinstance(value, int) or value <= 0:
                 raise TrainingError(f"TrainingConfig.{key} must be a positive integer, got {value!r}")
         for key in ("eval_every", "checkpoint_every"):
@@ -159,6 +167,7 @@ class Trainer:
         self.precision: Optional[Precision] = None
         self.module: Optional[torch.nn.Module] = None
         self.optimizer = self.scheduler = self.scaler = None
+        self.progress: Optional[TrainProgress] = None
 
     # -- public helpers ------------------------------------------------------------------------
     @property
@@ -284,7 +293,15 @@ class Trainer:
             history, bad_total, loss_ema = state["history"], state["bad_steps"], state["loss_ema"]
         elif cfg.seed is not None:
             _seed_all(cfg.seed + dist.rank)
-        train_module = dist.wrap(self.module, find_unused_parameters=cfg.find_unused_parameters)
+        has_step = hasattr(task, "step")
+        if has_step and cfg.grad_accum != 1:
+            raise TrainingError("a task with its own step() takes one batch per optimizer step: "
+                                f"use grad_accum=1 (got {cfg.grad_accum}), or accumulate inside task.step")
+        if has_step:  # the task's gradients are averaged over the ranks after task.step (no DDP wrapper)
+            dist.broadcast_module(self.module)
+            train_module = self.module
+        else:
+            train_module = dist.wrap(self.module, find_unused_parameters=cfg.find_unused_parameters)
         log = MetricsLog(self.metrics_path, enabled=dist.is_main).open(append=state is not None, keep_until_step=step)
         max_time = float(cfg.max_time_minutes) * 60.0 if cfg.max_time_minutes else None
         bar = tqdm(total=None if max_time else cfg.max_steps, initial=step, unit="step", desc=cfg.desc,
@@ -293,34 +310,53 @@ class Trainer:
         stream = self._stream(*position)
         accum, consecutive = cfg.grad_accum, 0
         has_items = hasattr(task, "items")
+        self.progress = TrainProgress(cfg.max_steps, max_time)
+        self.progress.start(step, elapsed_before, items_seen, position[0])
+        if hasattr(task, "set_progress"):
+            task.set_progress(self.progress)
+        step_ctx = StepContext(self, params) if has_step else None
+        items_key = f"{getattr(task, 'items_unit', 'items')}/s"
         start = last = time.time()
-        win_items, win_start = 0.0, start
-        stopped_by = "max_steps" if step >= cfg.max_steps else None
+        win_items, win_start, win_logs, win_n = 0.0, start, {}, 0
+        stopped_by = "max_steps" if cfg.max_steps is not None and step >= cfg.max_steps else None
         self.module.train()
         try:
             while stopped_by is None:
                 loss_sum, n_items, logs_acc = 0.0, 0, {}
                 self.optimizer.zero_grad(set_to_none=True)
-                for micro in range(accum):
+                if has_step:
                     epoch, done, batch = next(stream)
                     position = (epoch, done)
-                    sync = micro == accum - 1
-                    ctx = train_module.no_sync() if dist.enabled and not sync else contextlib.nullcontext()
-                    with ctx:
-                        with self.precision.autocast():
-                            out = task.loss(train_module, batch)
-                        loss, logs = out if isinstance(out, tuple) else (out, {})
-                        scaled = loss / accum if accum > 1 else loss
-                        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                    loss_sum += loss.detach().float().item()
-                    n_items += int(task.items(batch)) if has_items else 0
-                    for k, v in (logs or {}).items():
-                        logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / accum
+                    out = task.step(self.module, batch, step_ctx)
+                    loss, logs = out if isinstance(out, tuple) else (out, {})
+                    if loss is None:
+                        raise TrainingError("task.step must return its loss (a float or a tensor; NaN skips the step)")
+                    loss_sum = float(loss.detach().float().item()) if torch.is_tensor(loss) else float(loss)
+                    n_items = int(task.items(batch)) if has_items else 0
+                    logs_acc = {k: float(v) for k, v in (logs or {}).items()}
+                    dist.average_gradients(params)
+                else:
+                    for micro in range(accum):
+                        epoch, done, batch = next(stream)
+                        position = (epoch, done)
+                        sync = micro == accum - 1
+                        ctx = train_module.no_sync() if dist.enabled and not sync else contextlib.nullcontext()
+                        with ctx:
+                            with self.precision.autocast():
+                                out = task.loss(train_module, batch)
+                            loss, logs = out if isinstance(out, tuple) else (out, {})
+                            scaled = loss / accum if accum > 1 else loss
+                            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                        loss_sum += loss.detach().float().item()
+                        n_items += int(task.items(batch)) if has_items else 0
+                        for k, v in (logs or {}).items():
+                            logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / accum
                 if self.scaler is not None:
                     self.scaler.unscale_(self.optimizer)
                 gnorm = clip_gradients(params, cfg.clip_mode, cfg.clip_threshold)
                 local_loss = loss_sum / accum
-                elapsed = elapsed_before + time.time() - start
+                self.progress.epoch = position[0]
+                elapsed = self.progress.elapsed_s
                 loss_bad = not math.isfinite(local_loss)
                 grad_bad = not math.isfinite(gnorm)
                 tot_loss, tot_items, n_loss_bad, n_over = dist.all_sum(
@@ -355,11 +391,13 @@ class Trainer:
                     else:
                         self.optimizer.step()
                     step += 1
+                    self.progress.step = step
                     if self.scheduler is not None:
                         if hasattr(self.scheduler, "set_time_fraction"):
                             self.scheduler.set_time_fraction(elapsed / max_time if max_time else 0.0)
                         self.scheduler.step()
                     items_seen += int(tot_items)
+                    self.progress.items_seen = items_seen
                     loss_mean = tot_loss / dist.world
                     loss_ema = loss_mean if loss_ema is None else 0.98 * loss_ema + 0.02 * loss_mean
                     now = time.time()
@@ -369,19 +407,27 @@ class Trainer:
                                          "elapsed_s": round(elapsed, 3)})
                     last = now
                     win_items += tot_items
-                    if now - win_start > 5:
-                        bar.set_postfix(loss=f"{loss_ema:.3f}", items_s=f"{win_items / (now - win_start):,.0f}",
-                                        lr=f"{lr:.2e}", ep=position[0])
-                        win_items, win_start = 0.0, now
+                    win_n += 1
+                    for k, v in logs_acc.items():
+                        win_logs[k] = win_logs.get(k, 0.0) + v
+                    if now - win_start > BAR_REFRESH_S:
+                        postfix = {"loss": f"{loss_ema:.3f}", items_key: f"{win_items / (now - win_start):,.0f}",
+                                   "lr": f"{lr:.2e}", "ep": position[0]}
+                        if hasattr(task, "progress_bar"):
+                            extra = task.progress_bar({k: v / win_n for k, v in win_logs.items()})
+                            postfix.update({k: f"{v:.4g}" if isinstance(v, float) else v
+                                            for k, v in (extra or {}).items()})
+                        bar.set_postfix(postfix)
+                        win_items, win_start, win_logs, win_n = 0.0, now, {}, 0
                     bar.update(1)
-                if step >= cfg.max_steps:
+                if cfg.max_steps is not None and step >= cfg.max_steps:
                     stopped_by = "max_steps"
                 elif n_over > 0:
                     stopped_by = "max_time"
                 stepped = not (overflow or n_loss_bad > 0 or grad_bad)
                 if not (stepped or stopped_by):
                     continue
-                elapsed = elapsed_before + time.time() - start
+                elapsed = self.progress.elapsed_s
                 if cfg.eval_every and hasattr(task, "evaluate") and (step % cfg.eval_every == 0 or stopped_by):
                     ev = self.evaluate()
                     ev.update(step=step, train_loss_ema=loss_ema, elapsed_s=round(elapsed, 1), items_seen=items_seen)
@@ -393,9 +439,10 @@ class Trainer:
                 if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or stopped_by):
                     self._save(step, position, items_seen, elapsed, history, bad_total, loss_ema)
         finally:
+            self.progress.stop()
             bar.close()
             log.close()
-        elapsed = elapsed_before + time.time() - start
+        elapsed = self.progress.elapsed_s
         result = TrainResult(
             steps=step, epoch=position[0], items_seen=items_seen, elapsed_s=elapsed, bad_steps=bad_total,
             stopped_by=stopped_by, history=history, loss_ema=loss_ema,

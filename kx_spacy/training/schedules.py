@@ -8,20 +8,24 @@ with both factors taken from ``transformers.get_scheduler`` ("constant_with_warm
 warm-up, "polynomial" (power 1: linear), "cosine_with_min_lr" or "constant" for the decay), and
 ``progress = max(s / max_steps, time used / time budget)``: a run with a time budget decays by
 whichever of its two budgets runs out first. The engine tells the schedule the time fraction
-through :meth:`WarmupDecay.set_time_fraction` before every ``step()``.
+through :meth:`WarmupDecay.set_time_fraction` before every ``step()``. With ``max_steps=None``
+(a pure time budget) the decay follows the time fraction alone (the transformers formula is
+evaluated on a grid of ``TIME_RESOLUTION`` virtual steps); the warm-up still counts steps.
 
 Any other torch / transformers scheduler works with the engine too (stepped once per optimizer
 step), e.g. ``lambda opt: transformers.get_scheduler("cosine", opt, 100, 10_000)``.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from .errors import TrainingError
 
 DECAYS = ("linear", "cosine", "constant")
+#: virtual steps of a pure time budget's decay (progress = time fraction · TIME_RESOLUTION)
+TIME_RESOLUTION = 1_000_000
 
 
 def _hf_factor(name: str, num_warmup_steps: int, num_training_steps: int, **kwargs) -> Callable[[float], float]:
@@ -40,16 +44,19 @@ class WarmupDecay(torch.optim.lr_scheduler.LRScheduler):
     optimizer (torch.optim.Optimizer): the optimizer (its learning rates are the peaks).
     decay (str): "linear", "cosine" or "constant".
     warmup_steps (int): length of the warm-up (0: none); step ``s`` gets ``min(1, (s+1)/warmup)``.
-    max_steps (int): the step budget (progress 1 at ``max_steps``).
+    max_steps (Optional[int]): the step budget (progress 1 at ``max_steps``); None: decay by the
+        time fraction only (a run with ``max_time_minutes`` and no step budget).
     min_lr_ratio (float): the decay's final multiplier.
     """
 
-    def __init__(self, optimizer, *, decay: str = "linear", warmup_steps: int = 0, max_steps: int,
+    def __init__(self, optimizer, *, decay: str = "linear", warmup_steps: int = 0, max_steps: Optional[int],
                  min_lr_ratio: float = 0.0, last_epoch: int = -1):
         if decay not in DECAYS:
             raise TrainingError(f"Unknown decay {decay!r}: use one of {', '.join(DECAYS)}")
-        if max_steps <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-            raise TrainingError("need max_steps > 0, warmup_steps ≥ 0 and 0 ≤ min_lr_ratio ≤ 1")
+        if (max_steps is not None and max_steps <= 0) or warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise TrainingError("need max_steps > 0 (or None), warmup_steps ≥ 0 and 0 ≤ min_lr_ratio ≤ 1")
+        self.time_only = max_steps is None
+        max_steps = TIME_RESOLUTION if max_steps is None else max_steps
         self.decay, self.warmup_steps, self.max_steps = decay, int(warmup_steps), int(max_steps)
         self.min_lr_ratio, self.time_fraction = float(min_lr_ratio), 0.0
         self._build()
@@ -70,7 +77,9 @@ class WarmupDecay(torch.optim.lr_scheduler.LRScheduler):
 
     def factor(self, step: int) -> float:
         """The multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
-        x: float = step if step >= self.time_fraction * self.max_steps else self.time_fraction * self.max_steps
+        x: float = self.time_fraction * self.max_steps
+        if not getattr(self, "time_only", False):
+            x = max(x, step)
         return self._warm(step + 1) * self._decay(min(x, self.max_steps))
 
     def get_lr(self) -> List[float]:

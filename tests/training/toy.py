@@ -49,6 +49,18 @@ class ToyTask:
         return {"mse": ((module(self.X).squeeze(-1).float() - self.y) ** 2).mean().item()}
 
 
+class ToyStepTask(ToyTask):
+    """ToyTask that owns its update (the engine's ``task.step`` hook): the same MSE gradient,
+    computed by ``torch.autograd.grad`` and written with ``ctx.set_gradients``."""
+
+    def step(self, module, idx, ctx):
+        params = ctx.parameters
+        loss, logs = self.loss(module, idx)
+        grads = torch.autograd.grad(loss, params)
+        ctx.set_gradients(params, grads)
+        return loss.detach(), logs
+
+
 def sgd(lr=0.1):
     return lambda module: torch.optim.SGD(module.parameters(), lr=lr, momentum=0.9)
 
@@ -68,8 +80,9 @@ def main():
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--step-hook", action="store_true", help="train through task.step (ToyStepTask)")
     a = ap.parse_args()
-    task = ToyTask(batch=a.batch, sleep=a.sleep, dropout=a.dropout)
+    task = (ToyStepTask if a.step_hook else ToyTask)(batch=a.batch, sleep=a.sleep, dropout=a.dropout)
     cfg = TrainingConfig(max_steps=a.max_steps, checkpoint_every=a.checkpoint_every, progress=False,
                          num_threads=1, clip_mode="none")
     res = Trainer(task, cfg, output_dir=a.out, optimizer=sgd()).run(resume=a.resume)

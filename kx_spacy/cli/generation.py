@@ -94,3 +94,24 @@ def bench_decode_cli(
     out = {"per_token_ms": bench_decode(positions=pos, d_model=d_model), "batching": bench_batching()}
     write_json(out, output)
     typer.echo(json.dumps(out, indent=1))
+
+
+@app.command("export-generator")
+def export_generator_cli(
+    model: Path = typer.Argument(..., help="Trained pipeline (training/<run>/model-best)."),
+    output: Path = typer.Argument(..., help="Folder to write (e.g. kx_spacy/assets/kx_gen_zh_couplets)."),
+    command: str = typer.Option("", help="The project command that trained the pipeline (for the manifest)."),
+    max_mb: float = typer.Option(5.0, help="Refuse to leave an export larger than this (MB)."),
+):
+    """A trained kx_generator as a small shippable folder (fp16 decoder, vocabulary, config)."""
+    import shutil
+
+    from ..generation.shipped import export_generator
+
+    manifest = export_generator(model, output, source={"trained_by": command} if command else None)
+    size = sum(manifest["bytes"].values()) / 1e6
+    if size > max_mb:
+        shutil.rmtree(output)
+        raise typer.BadParameter(f"the export is {size:.2f} MB, over --max-mb {max_mb}: lower max_vocab or d_model")
+    typer.echo(json.dumps(manifest, indent=1, ensure_ascii=False))
+    typer.echo(f"{size:.2f} MB -> {output}")

@@ -23,7 +23,7 @@ from .evaluation import importance_weighted_nll, save_grid
 from .mlp_vae import MLPVAE
 from .model import NVAE, count_parameters
 from .sampling import sample_images
-from .task import MLPVAETask, NVAETask, Progress, unwrap
+from .task import MLPVAETask, NVAETask, unwrap
 
 BINARISATION = (
     "training images dynamically binarised (fresh Bernoulli(grey/255) draw per batch); test "
@@ -155,13 +155,14 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
     training time; returns its task (for the snapshots), module and the engine's result."""
     t = cfg["training"]
     torch.manual_seed(int(t["seed"]))
-    progress = Progress(int(t["max_steps"]) or None, max_seconds or None)
+    if not int(t["max_steps"]) and not max_seconds:
+        raise NVAEError("training needs a step budget, a time budget, or both")
     marks = [m for m in t["marks_seconds"] if m < max_seconds] if max_seconds else []
     if kind == "nvae":
         n = cfg["nvae_training"]
         model = build_nvae(cfg)
         task = NVAETask(
-            model, train, int(n["batch_size"]), progress, n["kl_anneal_portion"],
+            model, train, int(n["batch_size"]), n["kl_anneal_portion"],
             n["kl_constant_portion"], n["kl_min"], bool(n["kl_balance"]), n["reg_coeff"],
             seed=int(t["seed"]), marks=marks,
         )
@@ -171,12 +172,12 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
     else:
         b = cfg["baseline"]
         model = build_baseline(cfg)
-        task = MLPVAETask(model, train, int(b["batch_size"]), progress, seed=int(t["seed"]), marks=marks)
+        task = MLPVAETask(model, train, int(b["batch_size"]), seed=int(t["seed"]), marks=marks)
         def opt(m):
             return torch.optim.Adam(m.parameters(), lr=b["lr"], eps=b["eps"])
         sched = b
     Trainer, TrainingConfig, WarmupDecay = _engine()
-    max_steps = int(t["max_steps"]) or 10 ** 9  # a pure time budget: the steps never run out
+    max_steps = int(t["max_steps"]) or None  # None: a pure time budget (the schedule decays by time)
 
     def scheduler(o):
         return WarmupDecay(o, decay="cosine", warmup_steps=int(sched["warmup_steps"]),
@@ -202,10 +203,9 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
                       identity=identity)
     t0 = time.perf_counter()
     result = trainer.run(resume=resume)
-    progress.stop()
-    log(f"{kind}: {progress.step} steps in {time.perf_counter() - t0:.0f} s "
-        f"({count_parameters(task.module)} parameters)")
-    return {"task": task, "module": task.module, "result": result, "progress": progress}
+    log(f"{kind}: {result.steps} steps in {time.perf_counter() - t0:.0f} s "
+        f"({count_parameters(task.module)} parameters, {result.items_seen / max(result.elapsed_s, 1e-9):.0f} img/s)")
+    return {"task": task, "module": task.module, "result": result, "progress": trainer.progress}
 
 
 def evaluate_snapshots(kind: str, cfg: Dict[str, Dict[str, Any]], task, module: nn.Module,
@@ -304,7 +304,7 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
         run = train_one(kind, cfg, train, output_dir, max_seconds, resume, log)
         if not is_main:
             continue
-        extra = {"train_seconds": run["progress"].elapsed, "steps": run["progress"].step}
+        extra = {"train_seconds": run["progress"].elapsed_s, "steps": run["progress"].step}
         save_model(run["module"], kind, cfg, output_dir / kind / "model.pt", extra)
         metrics[f"{kind}_parameters"] = count_parameters(run["module"])
         metrics["rows"] += evaluate_snapshots(kind, cfg, run["task"], run["module"], images_final,
@@ -313,7 +313,7 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
             wide = test_images(data_dir, int(e["baseline_num_images"]), seed)
             res = importance_weighted_nll(unwrap(run["module"]), wide, k=int(e["k"]),
                                           batch_size=int(e["batch_size"]))
-            row = {"model": kind, "mark_seconds": None, "train_seconds": round(run["progress"].elapsed, 1),
+            row = {"model": kind, "mark_seconds": None, "train_seconds": round(run["progress"].elapsed_s, 1),
                    "step": run["progress"].step, **res.to_dict()}
             metrics["rows"].append(row)
             log(f"  {kind} final: IW-{res.k} NLL {res.nll:.2f} nats on {res.num_images} images")

@@ -3,16 +3,16 @@ baseline on dynamically binarised images.
 
 A task owns the data order, the objective and the warm-up schedule; the engine owns the
 loop, precision, clipping, the NaN guard, checkpoints and data parallelism. The KL warm-up
-and the learning-rate schedule follow the *progress* of training, the larger of
-step / max_steps and elapsed / time budget, so a time-budgeted run warms up over the same
-fraction of its budget as a step-budgeted one (the learning-rate schedule is the engine's
-WarmupDecay, which follows the same rule). The task can also keep copies of the weights
-at given training times ("marks"), to evaluate the NVAE and the baseline at equal times.
+follows the engine's progress (``set_progress``: the larger of step / max_steps and
+elapsed / time budget), so a time-budgeted run warms up over the same fraction of its budget
+as a step-budgeted one (the learning-rate schedule is the engine's WarmupDecay, which follows
+the same rule). The task can also keep copies of the weights at given training times
+("marks", kept across a resume), to evaluate the NVAE and the baseline at equal times.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,58 +23,8 @@ from .data import DynamicBinarizedBatches
 from .model import NVAE, NVAELoss
 from .regularizers import kl_warmup_coefficient
 
-
-class Progress:
-    """Fraction of training done: max(step / max_steps, training seconds / budget).
-
-    max_steps (int | None): the step budget (None or 0: none).
-    max_seconds (float | None): the time budget (None or 0: none).
-    Time counts only while ``tick`` is being called (from the first call), plus what a resumed
-    run had already used.
-    """
-
-    def __init__(self, max_steps: Optional[int] = None, max_seconds: Optional[float] = None) -> None:
-        if not max_steps and not max_seconds:
-            raise NVAEError("training needs a step budget, a time budget, or both")
-        self.max_steps = max_steps or 0
-        self.max_seconds = max_seconds or 0.0
-        self.step = 0
-        self.elapsed_before = 0.0
-        self._t0: Optional[float] = None
-
-    def tick(self) -> None:
-        """Count one training step (starts the clock on the first call)."""
-        if self._t0 is None:
-            self._t0 = time.perf_counter()
-        self.step += 1
-
-    def stop(self) -> None:
-        """Freeze the clock (training is over: evaluation time does not count)."""
-        if self._t0 is not None:
-            self.elapsed_before += time.perf_counter() - self._t0
-            self._t0 = None
-
-    @property
-    def elapsed(self) -> float:
-        run = 0.0 if self._t0 is None else time.perf_counter() - self._t0
-        return self.elapsed_before + run
-
-    @property
-    def fraction(self) -> float:
-        parts = []
-        if self.max_steps:
-            parts.append(self.step / self.max_steps)
-        if self.max_seconds:
-            parts.append(self.elapsed / self.max_seconds)
-        return min(1.0, max(parts))
-
-    def state_dict(self) -> Dict[str, float]:
-        return {"step": self.step, "elapsed": self.elapsed}
-
-    def load_state_dict(self, state: Dict[str, float]) -> None:
-        self.step = int(state["step"])
-        self.elapsed_before = float(state["elapsed"])
-        self._t0 = None
+if TYPE_CHECKING:
+    from ...training import TrainProgress
 
 
 class NVAEObjective(nn.Module):
@@ -109,23 +59,33 @@ class _Marks:
         self.pending = sorted(float(m) for m in marks if m > 0)
         self.taken: List[Dict[str, Any]] = []
 
-    def maybe_take(self, module: nn.Module, progress: Progress) -> None:
-        while self.pending and progress.elapsed >= self.pending[0]:
+    def maybe_take(self, module: nn.Module, progress: "TrainProgress") -> None:
+        while self.pending and progress.elapsed_s >= self.pending[0]:
             mark = self.pending.pop(0)
             state = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(module).state_dict().items()}
-            self.taken.append({"mark": mark, "seconds": progress.elapsed, "step": progress.step, "state": state})
+            self.taken.append({"mark": mark, "seconds": progress.elapsed_s, "step": progress.step, "state": state})
 
 
 class _ImageTask:
     """Shared part of the two tasks (data order, items, progress, marks, task state)."""
 
     module: nn.Module
+    items_unit = "img"  # the engine's progress bar shows img/s
 
-    def __init__(self, images: np.ndarray, batch_size: int, progress: Progress, seed: int,
-                 marks: Sequence[float]) -> None:
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, marks: Sequence[float]) -> None:
         self.data = DynamicBinarizedBatches(images, batch_size, seed=seed)
-        self.progress = progress
+        self.progress: Optional["TrainProgress"] = None
         self.marks = _Marks(marks)
+
+    def set_progress(self, progress: "TrainProgress") -> None:
+        """The engine's hook: the run's step and time fraction (KL warm-up, marks)."""
+        self.progress = progress
+
+    def _need_progress(self) -> "TrainProgress":
+        if self.progress is None:
+            raise NVAEError("the task has no training progress: train it with kx_spacy.training.Trainer "
+                            "(or call set_progress with a started TrainProgress)")
+        return self.progress
 
     def batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[torch.Tensor]:
         for b in self.data.epoch(epoch, rank, world):
@@ -145,22 +105,23 @@ class _ImageTask:
                             "(batch-norm statistics would be corrupted)")
 
     def _start(self, module: nn.Module) -> None:
-        self.marks.maybe_take(module, self.progress)
-        self.progress.tick()
+        self.marks.maybe_take(module, self._need_progress())
 
     def snapshots(self, final_module: Optional[nn.Module] = None) -> List[Dict[str, Any]]:
         """The weights kept at each mark, plus the final ones (mark None) if given."""
         out = list(self.marks.taken)
         if final_module is not None:
+            p = self._need_progress()
             state = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(final_module).state_dict().items()}
-            out.append({"mark": None, "seconds": self.progress.elapsed, "step": self.progress.step, "state": state})
+            out.append({"mark": None, "seconds": p.elapsed_s, "step": p.step, "state": state})
         return out
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"progress": self.progress.state_dict()}
+        return {"marks_pending": list(self.marks.pending), "marks_taken": list(self.marks.taken)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.progress.load_state_dict(state["progress"])
+        self.marks.pending = list(state["marks_pending"])
+        self.marks.taken = list(state["marks_taken"])
 
 
 class NVAETask(_ImageTask):
@@ -169,7 +130,6 @@ class NVAETask(_ImageTask):
     nvae (NVAE): the model (wrapped in NVAEObjective as ``self.module``).
     images (np.ndarray): ``uint8 [N, H, W]`` training images.
     batch_size (int): images per batch per rank.
-    progress (Progress): the shared progress counter (also drives the LR schedule).
     kl_anneal_portion, kl_constant_portion, kl_min (float): KL warm-up (see
         kl_warmup_coefficient).
     kl_balance (bool): balance the groups' KL during warm-up.
@@ -178,11 +138,11 @@ class NVAETask(_ImageTask):
     marks (Sequence[float]): training seconds at which to keep a copy of the weights.
     """
 
-    def __init__(self, nvae: NVAE, images: np.ndarray, batch_size: int, progress: Progress,
+    def __init__(self, nvae: NVAE, images: np.ndarray, batch_size: int,
                  kl_anneal_portion: float = 0.3, kl_constant_portion: float = 1e-4,
                  kl_min: float = 1e-4, kl_balance: bool = True, reg_coeff: float = 1e-2,
                  seed: int = 0, marks: Sequence[float] = ()) -> None:
-        super().__init__(images, batch_size, progress, seed, marks)
+        super().__init__(images, batch_size, seed, marks)
         self._module = NVAEObjective(nvae)
         self._synced = False
         self.kl_anneal_portion = kl_anneal_portion
@@ -206,7 +166,7 @@ class NVAETask(_ImageTask):
         return self._module
 
     def kl_coeff(self) -> float:
-        return kl_warmup_coefficient(self.progress.fraction, self.kl_anneal_portion,
+        return kl_warmup_coefficient(self._need_progress().fraction, self.kl_anneal_portion,
                                      self.kl_constant_portion, self.kl_min)
 
     def loss(self, module: nn.Module, batch: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -227,14 +187,22 @@ class NVAETask(_ImageTask):
             stats[f"kl_g{g}"] = v
         return out.loss, stats
 
+    def progress_bar(self, logs: Dict[str, float]) -> Dict[str, Any]:
+        """The engine's hook: −ELBO, β and the KL of every group (window means) on the bar."""
+        bar: Dict[str, Any] = {"nelbo": logs.get("nelbo", float("nan")), "β": logs.get("kl_coeff", float("nan"))}
+        groups = sorted((k for k in logs if k.startswith("kl_g")), key=lambda k: int(k[4:]))
+        if groups:
+            bar["kl/group"] = "/".join(f"{logs[k]:.1f}" for k in groups)
+        return bar
+
 
 class MLPVAETask(_ImageTask):
     """Engine task: the MLP VAE baseline (plain ELBO, no warm-up) on dynamically binarised
     images. Arguments as NVAETask."""
 
-    def __init__(self, module: nn.Module, images: np.ndarray, batch_size: int, progress: Progress,
+    def __init__(self, module: nn.Module, images: np.ndarray, batch_size: int,
                  seed: int = 0, marks: Sequence[float] = ()) -> None:
-        super().__init__(images, batch_size, progress, seed, marks)
+        super().__init__(images, batch_size, seed, marks)
         self.module = module
 
     def loss(self, module: nn.Module, batch: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:

@@ -11,8 +11,8 @@ from kx_spacy.errors import KxError  # noqa: E402
 from kx_spacy.models.nvae.config import NVAEConfig, NVAEError  # noqa: E402
 from kx_spacy.models.nvae.mlp_vae import MLPVAE  # noqa: E402
 from kx_spacy.models.nvae.model import NVAE  # noqa: E402
-from kx_spacy.models.nvae.task import MLPVAETask, NVAETask, Progress  # noqa: E402
-from kx_spacy.training import Trainer, TrainingConfig  # noqa: E402
+from kx_spacy.models.nvae.task import MLPVAETask, NVAETask  # noqa: E402
+from kx_spacy.training import Trainer, TrainingConfig, TrainProgress  # noqa: E402
 
 from test_nvae_data import write_fake_mnist  # noqa: E402
 
@@ -24,69 +24,89 @@ def _images(n=24):
     return np.random.Generator(np.random.PCG64(0)).integers(0, 256, (n, 28, 28), dtype=np.uint8)
 
 
-def _train(task, out, steps, identity, resume=False):
-    cfg = TrainingConfig(max_steps=steps, checkpoint_every=steps, progress=False, num_threads=1,
-                         clip_mode="global_norm", clip_threshold=200.0)
+def _train(task, out, steps, identity, resume=False, **cfg):
+    cfg = TrainingConfig(**{**dict(max_steps=steps, checkpoint_every=steps, progress=False, num_threads=1,
+                                   clip_mode="global_norm", clip_threshold=200.0), **cfg})
     opt = lambda m: torch.optim.Adamax(m.parameters(), lr=1e-2)  # noqa: E731
     return Trainer(task, cfg, output_dir=out, optimizer=opt, identity=identity).run(resume=resume)
+
+
+def _started(max_steps=None, max_time_s=None):
+    progress = TrainProgress(max_steps, max_time_s)
+    progress.start()
+    return progress
 
 
 @pytest.mark.slow
 def test_nvae_task_trains_on_the_engine_and_logs_kl_per_group(tmp_path):
     torch.manual_seed(0)
-    progress = Progress(max_steps=30)  # KL warm-up over 30 % of 30 steps: 3 steps in, β ≈ 0.33
-    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), batch_size=8, progress=progress)
-    result = _train(task, tmp_path, 3, {"nvae": NVAEConfig.tiny().to_dict()})
-    assert result.steps == 3 and result.bad_steps == 0 and result.items_seen == 24
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), batch_size=8)
+    # KL warm-up over 30 % of a 10-step budget: β = (step / 10 − 1e-4) / 0.3, at least 1e-4, at most 1
+    result = _train(task, tmp_path, 10, {"nvae": NVAEConfig.tiny().to_dict()})
+    assert result.steps == 10 and result.bad_steps == 0 and result.items_seen == 80
     steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if s["kind"] == "step"]
     assert {"kl_g0", "kl_g1", "kl_coeff", "nelbo", "spectral", "bn", "items_per_s"} <= set(steps[-1])
     # the KL weight follows the progress of training (warm-up)
-    assert steps[0]["kl_coeff"] < steps[-1]["kl_coeff"] <= 1.0
-    assert progress.step == 3
+    want = [max(min((i / 10 - 1e-4) / 0.3, 1.0), 1e-4) for i in range(10)]
+    assert [s["kl_coeff"] for s in steps] == pytest.approx(want) and want[1] < want[2] < want[3] < 1.0
+    assert task.progress.step == 10 and task.progress.step_fraction == 1.0
+    # the progress bar's values: −ELBO, β, the KL of each group (window means of the logs)
+    bar = task.progress_bar({"nelbo": 500.0, "kl_coeff": 0.5, "kl_g1": 2.0, "kl_g0": 1.25})
+    assert bar == {"nelbo": 500.0, "β": 0.5, "kl/group": "1.2/2.0"} and task.items_unit == "img"
 
 
 def test_resuming_another_configs_checkpoint_is_refused(tmp_path):
-    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, Progress(max_steps=2))
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8)
     _train(task, tmp_path, 2, {"nvae": NVAEConfig.tiny().to_dict()})
     other = NVAEConfig.tiny(num_latent_per_group=3)
-    task2 = NVAETask(NVAE(other), _images(), 8, Progress(max_steps=4))
+    task2 = NVAETask(NVAE(other), _images(), 8)
     with pytest.raises(KxError, match="num_latent_per_group|identity|config"):
         _train(task2, tmp_path, 4, {"nvae": other.to_dict()}, resume=True)
-    # the same config resumes and continues the task's own progress
-    task3 = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, Progress(max_steps=4))
+    # the same config resumes and continues the engine's progress
+    task3 = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8)
     assert _train(task3, tmp_path, 4, {"nvae": NVAEConfig.tiny().to_dict()}, resume=True).steps == 4
     assert task3.progress.step == 4
 
 
 def test_nan_batch_is_refused_before_any_layer():
     model = NVAE(NVAEConfig.tiny())
-    task = NVAETask(model, _images(), 8, Progress(max_steps=1))
+    task = NVAETask(model, _images(), 8)
+    task.set_progress(_started(max_steps=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = torch.zeros(8, 1, 28, 28)
     batch[0, 0, 0, 0] = float("nan")
     with pytest.raises(NVAEError, match="NaN"):
         task.loss(task.module, batch)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    base = MLPVAETask(MLPVAE(), _images(), 8, Progress(max_steps=1))
+    base = MLPVAETask(MLPVAE(), _images(), 8)
     with pytest.raises(NVAEError, match="NaN"):
         base.loss(base.module, batch)
 
 
 def test_baseline_task_trains(tmp_path):
-    task = MLPVAETask(MLPVAE(), _images(), 8, Progress(max_steps=3))
+    task = MLPVAETask(MLPVAE(), _images(), 8)
     assert _train(task, tmp_path, 3, {"baseline": True}).steps == 3
 
 
-def test_marks_keep_weights_at_training_times():
-    progress = Progress(max_seconds=100.0)
-    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, progress, marks=[1e-9, 50.0])
-    batch = next(iter(task.batches(0)))
-    task.loss(task.module, batch)
-    task.loss(task.module, batch)
+def test_a_task_without_progress_says_so():
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8)
+    with pytest.raises(NVAEError, match="no training progress"):
+        task.loss(task.module, next(iter(task.batches(0))))
+
+
+def test_marks_keep_weights_at_training_times(tmp_path):
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, marks=[1e-9, 1e4])
+    first = {k: v.clone() for k, v in task.module.nvae.state_dict().items()}
+    _train(task, tmp_path, 2, {"nvae": True}, max_time_minutes=100.0)
     snaps = task.snapshots(final_module=task.module)
-    assert [s["mark"] for s in snaps] == [1e-9, None]  # 50 s not reached
-    assert snaps[0]["step"] == 1 and snaps[1]["step"] == 2
+    assert [s["mark"] for s in snaps] == [1e-9, None]  # 1e4 s not reached
+    assert snaps[0]["step"] == 0 and snaps[1]["step"] == 2 and snaps[0]["seconds"] <= snaps[1]["seconds"]
+    assert all(torch.equal(first[k], v) for k, v in snaps[0]["state"].items())  # the weights before step 1
+    # kept across a resume
+    again = NVAETask(NVAE(NVAEConfig.tiny()), _images(), 8, marks=[1e-9, 1e4])
+    _train(again, tmp_path, 3, {"nvae": True}, resume=True, max_time_minutes=100.0)
+    assert [s["mark"] for s in again.snapshots()] == [1e-9] and again.snapshots()[0]["step"] == 0
 
 
 def _fake_cfg(**training):

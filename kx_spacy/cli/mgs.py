@@ -11,7 +11,9 @@ from . import app
 TABLE_KEYS = ["task_loss", "delta_task_loss", "perplexity", "perplexity_change", "chrf", "repetition",
               "non_termination", "cost_wall_seconds", "cost_decodes"]
 GENERATOR_KEYS = ["task_loss", "delta_task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity",
-                  "perplexity_change", "cost_wall_seconds"]
+                  "perplexity_change"]
+GENERATOR_COST_KEYS = ["cost_updates", "cost_wall_per_update", "cost_decodes", "cost_passes", "cost_model_copies",
+                       "cost_peak_rss_mb", "cost_wall_seconds"]
 
 
 def _table(summary, keys) -> str:
@@ -91,15 +93,23 @@ def mgs_summary_cli(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"settings": settings, "runs": runs, "summary": summary}, indent=1),
                       encoding="utf-8")
-    keys = TABLE_KEYS if any("edit" in r for r in runs) else GENERATOR_KEYS
-    typer.echo(_table(summary, keys))
+    if any("edit" in r for r in runs):
+        typer.echo(_table(summary, TABLE_KEYS))
+    else:
+        typer.echo(_generator_tables(summary))
     typer.echo(f"{len({r['seed'] for r in runs if r['method'] != 'start'})} seeds -> {output}")
 
 
-def _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate) -> dict:
+def _generator_tables(summary) -> str:
+    """The held-out figures, then the cost per run (mean ± sd over the seeds)."""
+    return _table(summary, GENERATOR_KEYS) + "\n" + _table(summary, GENERATOR_COST_KEYS)
+
+
+def _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate,
+               candidate_batch) -> dict:
     return {"num_candidates": num_candidates, "beta": beta, "candidate_scale": candidate_scale,
             "mle_mix": mle_mix, "parameters": [p for p in parameters.split(",") if p.strip()],
-            "zero_candidate": zero_candidate}
+            "zero_candidate": zero_candidate, "candidate_batch": candidate_batch}
 
 
 @app.command("finetune-generator-mgs")
@@ -124,11 +134,15 @@ def finetune_generator_mgs_cli(
     mle_mix: float = typer.Option(0.0, help="α: probability of an MLE update."),
     parameters: str = typer.Option("", help="Parameter name patterns to train, comma-separated (empty: all)."),
     zero_candidate: bool = typer.Option(False, help="Add the current model (ε = 0) to MGS's candidates."),
+    candidate_batch: int = typer.Option(0, help="MGS candidates decoded together in one pass when the subset "
+                                        "is in the output layer (0: all K; 1: one at a time, in place). Extra "
+                                        "memory: that many copies of the subset."),
     train_limit: int = typer.Option(2000, help="First N training pairs (0: all)."),
     eval_limit: int = typer.Option(300, help="First N dev / test pairs (0: all)."),
     seed: int = typer.Option(0, help="Seed of a single run."),
     resume: bool = typer.Option(False, help="Continue an interrupted single run from its checkpoint."),
-    max_minutes: Optional[float] = typer.Option(None, help="Time budget of a single run."),
+    max_minutes: Optional[float] = typer.Option(None, help="Time budget of a run (with --compare: of every "
+                                                "run, equal wall-clock; --steps is then only a cap)."),
     threads: int = typer.Option(2, help="torch threads on a CPU."),
     output: Optional[Path] = typer.Option(None, help="Write the result JSON here (metrics/...)."),
 ):
@@ -140,7 +154,8 @@ def finetune_generator_mgs_cli(
 
     torch.set_num_threads(threads)
     train_pairs = read_pairs(train, limit=train_limit)
-    overrides = _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate)
+    overrides = _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate,
+                           candidate_batch)
     if compare:
         from ..generation.mgs_generator import compare_generator_methods
 
@@ -148,16 +163,20 @@ def finetune_generator_mgs_cli(
             raise typer.BadParameter("--compare needs --test pairs")
 
         def show(row):
+            cost = (f" | {row['cost_updates']:.0f} updates, {row['cost_wall_per_update']:.2f} s/update, "
+                    f"{row['cost_passes']:.1f} passes, {row['cost_model_copies']:.2f} copies"
+                    if "cost_updates" in row else "")
             typer.echo(f"{row['method']:<6} seed {row['seed']:>2} task_loss {row['task_loss']:.4f} "
-                       f"chrF {row.get('chrf', float('nan')):.4f} ppl {row['perplexity']:.3f} r_L {row['r_L']:.3f}")
+                       f"chrF {row.get('chrf', float('nan')):.4f} ppl {row['perplexity']:.3f} r_L {row['r_L']:.3f}"
+                       + cost)
 
         result = compare_generator_methods(
             model, train_pairs, read_pairs(test, limit=eval_limit), output_dir,
             methods=[m for m in methods.split(",") if m.strip()], seeds=[int(s) for s in seeds.split(",")],
-            task_loss=task_loss, steps=steps, lr=lr, batch_size=batch_size, config_overrides=overrides,
-            progress=show,
+            task_loss=task_loss, steps=steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size,
+            config_overrides=overrides, progress=show,
         )
-        typer.echo(_table(result["summary"], GENERATOR_KEYS))
+        typer.echo(_generator_tables(result["summary"]))
     else:
         from ..generation.mgs_generator import finetune_generator
 
@@ -167,9 +186,12 @@ def finetune_generator_mgs_cli(
             lr=lr, batch_size=batch_size, seed=seed, resume=resume, max_minutes=max_minutes,
             eval_every=max(1, steps // 4) if dev else 0,
         )
+        cost = result["cost"]
         typer.echo(f"{result['updates']} updates in {result['wall_seconds']:.1f}s; per update: "
-                   f"{result['cost']['decodes']:.1f} decodes, {result['cost']['seconds']:.3f}s; "
-                   f"extra memory {result['extra_bytes_per_update'] / 1e6:.2f} MB -> {result['model']}")
+                   f"{cost['decodes']:.1f} decodes in {cost['passes']:.1f} decoder passes, "
+                   f"{cost['wall_per_update']:.3f}s; extra memory {result['extra_bytes_per_update'] / 1e6:.2f} MB "
+                   f"({cost['model_copies']:.2f} decoder copies held), peak RSS {cost['peak_rss_mb']:.0f} MB "
+                   f"-> {result['model']}")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")

@@ -600,26 +600,6 @@ def mgs_update(
     return stats
 
 
-def surrogate_loss(
-    params: Sequence["torch.nn.Parameter"], grads: Sequence["torch.Tensor"], value: float = 0.0
-) -> "torch.Tensor":
-    """A scalar whose gradient w.r.t. ``params`` is ``grads`` and whose value is ``value``.
-
-    Lets a loss-backward-step loop (the training engine) take any of these updates: backward
-    writes ``grads`` (for MGS: ``−d``) into ``.grad``, the loop clips and steps as for a loss.
-    """
-    import torch
-
-    total = None
-    for p, g in zip(params, grads):
-        term = (p * g.to(p.dtype)).sum().float()
-        total = term if total is None else total + term
-    if total is None:
-        return torch.tensor(float(value))
-    return (total - total.detach()) * 1.0 + float(value) if math.isfinite(value) else \
-        total * 0.0 + float(value)
-
-
 def _log_proposal(
     density: str, share: float, ee: float, eg: float, gg: float, ee_s: float, eg_s: float, gg_s: float
 ) -> float:
@@ -687,11 +667,11 @@ class SequenceLevelUpdater:
 
     - ``step(module, batch, optimizer)`` for a plain loop: computes the update, writes it into
       the subset's ``.grad``, clips, steps; RETURNS the float logs.
-    - ``loss(module, batch)`` for the training engine (``kx_spacy.training.Trainer``, whose task
-      protocol is loss → backward → clip → step): RETURNS ``(surrogate, logs)``, a scalar whose
-      gradient is the update (restricted to the subset) and whose value is the MLE loss (MGS,
-      MLE) or the PG / MRT loss; a skipped update returns NaN, which the engine's guard turns
-      into a skipped step. Single process only (the candidates are searched per process).
+    - ``engine_step(module, batch, ctx)`` for the training engine's ``task.step`` hook
+      (``kx_spacy.training.Trainer``): writes the update into the subset's ``.grad`` with
+      ``ctx.set_gradients``; the engine clips and steps. RETURNS ``(value, logs)``: the MLE loss
+      (MGS, MLE) or the PG / MRT loss; a skipped update returns NaN, which the engine's guard
+      turns into a skipped step. Single process only (the candidates are searched per process).
     """
 
     def __init__(self, task: SequenceTask, task_loss: TaskLoss, config: Optional[MGSConfig] = None):
@@ -776,7 +756,8 @@ class SequenceLevelUpdater:
         self.last_stats = stats
         return params, grads, stats
 
-    def _logs(self, stats: UpdateStats) -> Dict[str, float]:
+    def logs(self, stats: UpdateStats) -> Dict[str, float]:
+        """The float logs of an update (``UpdateStats.to_dict`` plus ``mle_step``)."""
         logs = stats.to_dict()
         logs["mle_step"] = float(stats.method == "mle")
         return logs
@@ -797,19 +778,17 @@ class SequenceLevelUpdater:
             for p in params:
                 p.grad = None
         stats.seconds = time.perf_counter() - start
-        return self._logs(stats)
+        return self.logs(stats)
 
-    def loss(self, module: Any, batch: Any) -> Tuple["torch.Tensor", Dict[str, float]]:
-        """The engine hook: RETURNS (surrogate loss, logs); see the class docstring."""
-        import torch
-
-        inner = getattr(module, "module", module) if type(module).__name__ == "DistributedDataParallel" else module
-        params, grads, stats = self.compute(inner, batch)
-        logs = {k: v for k, v in self._logs(stats).items() if math.isfinite(v)}
-        if grads is None:  # NaN with a graph: the engine's guard skips the step (backward gives 0)
-            return surrogate_loss(params, [torch.zeros_like(p) for p in params], math.nan), logs
+    def engine_step(self, module: Any, batch: Any, ctx: Any) -> Tuple[float, Dict[str, float]]:
+        """The engine's ``task.step`` hook: RETURNS (value, logs); see the class docstring."""
+        params, grads, stats = self.compute(module, batch)
+        logs = {k: v for k, v in self.logs(stats).items() if math.isfinite(v)}
+        if grads is None:
+            return math.nan, logs
+        ctx.set_gradients(params, grads)
         value = stats.mle_loss if stats.method in ("mgs", "mle") else stats.task_loss
-        return surrogate_loss(params, grads, value if math.isfinite(value) else 0.0), logs
+        return (value if math.isfinite(value) else 0.0), logs
 
     def _sampled_loss(self, module, batch, method: str) -> Tuple[Optional["torch.Tensor"], UpdateStats]:
         """PG (REINFORCE with a baseline) or MRT loss on K + 1 samples per input."""

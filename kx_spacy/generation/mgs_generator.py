@@ -331,8 +331,10 @@ class GeneratorFinetuneTask:
         for i in shard(starts, rank, world):
             yield self.seq_task.make_batch(order[i:i + self.batch_size])
 
-    def loss(self, module, batch):
-        return self.updater.loss(module, batch)
+    def step(self, module, batch, ctx):
+        """The engine's ``task.step`` hook: the update owns its gradient (MGS: ``−d``), written
+        with ``ctx.set_gradients``; the engine clips and steps (``SequenceLevelUpdater.engine_step``)."""
+        return self.updater.engine_step(module, batch, ctx)
 
     def items(self, batch) -> int:
         return int(sum(batch.lengths))
@@ -486,19 +488,32 @@ def finetune_generator(
     wall = time.perf_counter() - start
     records = read_metrics(output_dir, kind="step")
     cost: Dict[str, float] = {}
-    for key in ("decodes", "seconds", "all_worse", "mle_weight", "mle_step", "sequences"):
+    for key in ("decodes", "passes", "seconds", "all_worse", "mle_weight", "mle_step", "sequences"):
         vals = [r[key] for r in records if isinstance(r.get(key), (int, float))]
         cost[key] = statistics.fmean(vals) if vals else math.nan
+    extra = [r["extra_bytes"] for r in records if isinstance(r.get("extra_bytes"), (int, float))]
+    decoder_bytes = sum(p.numel() * p.element_size() for p in pipe.decoder.parameters())
+    # weight copies held at once: the decoder + the update's largest extra (saved subset or
+    # the batched candidates' subset values); gradients / Adam moments are not copies
+    cost["extra_bytes"] = float(max(extra)) if extra else 0.0
+    cost["model_copies"] = 1.0 + cost["extra_bytes"] / decoder_bytes
+    cost["wall_per_update"] = result.elapsed_s / result.steps if result.steps else math.nan
+    cost["updates"] = float(result.steps)
+    cost["peak_rss_mb"] = peak_rss_mb()
     saved = output_dir / "model"
     if save:
         nlp.to_disk(saved)
     return {"result": result.to_dict(), "cost": cost, "wall_seconds": wall, "model": str(saved),
-            "updates": result.steps, "extra_bytes_per_update": _extra_bytes(updater)}
+            "updates": result.steps, "extra_bytes_per_update": cost["extra_bytes"], "decoder_bytes": decoder_bytes}
 
 
-def _extra_bytes(updater) -> float:
-    stats = updater.last_stats
-    return float(stats.extra_bytes) if stats is not None else math.nan
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (MB; the high-water mark since it started)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 def compare_generator_methods(
@@ -511,6 +526,7 @@ def compare_generator_methods(
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     task_loss: str = "chrf",
     steps: int = 100,
+    max_minutes: Optional[float] = None,
     lr: float = 1e-4,
     batch_size: int = 32,
     config_overrides: Optional[Dict[str, Any]] = None,
@@ -520,7 +536,11 @@ def compare_generator_methods(
     """The MLE start and each method's fine-tune (one per seed) scored on ``test_pairs``.
 
     Encodes the data once; every fine-tune starts from the saved pipeline's decoder weights.
-    RETURNS (Dict[str, Any]): {"settings", "runs", "summary": {method: {metric: (mean, sd)}}}.
+    steps / max_minutes: every run's budget: ``steps`` updates, or with ``max_minutes`` equal
+        wall-clock (each run trains that long; ``steps`` is then only a cap).
+    RETURNS (Dict[str, Any]): {"settings", "runs", "summary": {method: {metric: (mean, sd)}}};
+        every run row has the held-out figures and its cost (``cost_*``: updates, wall-clock
+        and decodes / decoder passes per update, weight copies held, peak RSS).
     """
     import copy
 
@@ -546,7 +566,8 @@ def compare_generator_methods(
             cfg = MGSConfig(method=method, seed=seed, **(config_overrides or {}))
             out = finetune_generator(model_path, [], Path(output_dir) / f"{method}_{seed}", config=cfg,
                                      task_loss=loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                                     progress=False, name=name, nlp=nlp, encoded=(train, None), save=False)
+                                     max_minutes=max_minutes, progress=False, name=name, nlp=nlp,
+                                     encoded=(train, None), save=False)
             row = {"method": method, "seed": seed}
             row.update(decoder_scores(pipe, pipe.decoder, test, task_loss=loss_fn))
             row.update({f"cost_{k}": v for k, v in out["cost"].items()})
@@ -559,6 +580,6 @@ def compare_generator_methods(
 
     summary = summarize(runs)
     settings = {"model": str(model_path), "methods": list(methods), "seeds": list(seeds), "task_loss": task_loss,
-                "steps": steps, "lr": lr, "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
+                "steps": steps, "max_minutes": max_minutes, "lr": lr, "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
                 "config_overrides": dict(config_overrides or {})}
     return {"settings": settings, "runs": runs, "summary": summary}

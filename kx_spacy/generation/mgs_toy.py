@@ -240,7 +240,7 @@ class ToyFinetuneTask:
     """The training-engine task (kx_spacy.training.Trainer) of a sequence-level fine-tune.
 
     module: the ToySeq2Seq being fine-tuned. pairs: training pairs. dev_pairs: held-out pairs
-    (``evaluate``). updater (SequenceLevelUpdater): its ``loss`` is the engine's loss.
+    (``evaluate``). updater (SequenceLevelUpdater): its ``engine_step`` is the engine's ``task.step``.
     """
 
     def __init__(self, module, pairs, dev_pairs, updater, *, batch_size: int = 32, seed: int = 0,
@@ -260,8 +260,8 @@ class ToyFinetuneTask:
         for i in shard(starts, rank, world):
             yield collate([self.pairs[j] for j in order[i:i + self.batch_size]])
 
-    def loss(self, module, batch):
-        return self.updater.loss(module, batch)
+    def step(self, module, batch, ctx):
+        return self.updater.engine_step(module, batch, ctx)
 
     def items(self, batch) -> int:
         return int(batch.tgt_out.ne(PAD).sum().item())

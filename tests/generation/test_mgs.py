@@ -249,7 +249,19 @@ def test_task_loss_of_wrong_length_raises(toy):
         updater.step(module, batch, torch.optim.SGD(module.parameters(), lr=0.01))
 
 
-def test_engine_surrogate_carries_the_same_update(toy):
+class _Ctx:
+    """The engine's StepContext as far as engine_step uses it."""
+
+    def __init__(self):
+        self.written = None
+
+    def set_gradients(self, params, grads):
+        self.written = list(zip(params, grads))
+        for p, g in self.written:
+            p.grad = g.detach().clone()
+
+
+def test_engine_step_writes_the_same_update(toy):
     from kx_spacy.generation.task_losses import EditDistanceLoss
 
     module, task, batch = toy
@@ -257,11 +269,13 @@ def test_engine_surrogate_carries_the_same_update(toy):
     a = SequenceLevelUpdater(task, EditDistanceLoss(), config)
     b = SequenceLevelUpdater(task, EditDistanceLoss(), config)
     params, grads, _ = a.compute(module, batch)
-    surrogate, logs = b.loss(module, batch)
-    assert math.isfinite(surrogate.item()) and "decodes" in logs and "grad_norm" not in logs
-    surrogate.backward()
+    ctx = _Ctx()
+    value, logs = b.engine_step(module, batch, ctx)
+    assert math.isfinite(value) and "decodes" in logs and "passes" in logs and "grad_norm" not in logs
+    assert [p for p, _ in ctx.written] == params
     for p, g in zip(params, grads):
         assert torch.allclose(p.grad, g, atol=1e-7)
+    assert all(p.grad is None for n, p in module.named_parameters() if not n.startswith("output."))
     for p in module.parameters():
         p.grad = None
 
@@ -269,8 +283,9 @@ def test_engine_surrogate_carries_the_same_update(toy):
 def test_skipped_update_is_a_nan_loss_for_the_engine(toy):
     module, task, batch = toy
     updater = SequenceLevelUpdater(task, lambda h, r: [math.nan] * len(h), MGSConfig(num_candidates=2))
-    surrogate, logs = updater.loss(module, batch)
-    assert math.isnan(surrogate.item()) and logs["skipped"] == 1.0
+    ctx = _Ctx()
+    value, logs = updater.engine_step(module, batch, ctx)
+    assert math.isnan(value) and logs["skipped"] == 1.0 and ctx.written is None
 
 
 @pytest.mark.slow

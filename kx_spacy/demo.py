@@ -102,9 +102,9 @@ def _demo_attribution(en, zh) -> None:
     add_html(render_attributions(docs, title="kx_attributor: integrated gradients per token"))
 
 
-GENERATOR_MODELS = {  # trained by `spacy project run train-generator` (-agnews); not shipped
-    "couplet": ("KX_GENERATOR_ZH", "training/generator_couplets_cpu/model-best", "风弦未拨心先乱"),
-    "title": ("KX_GENERATOR_EN", "training/generator_agnews_cpu/model-best",
+GENERATOR_MODELS = {  # shipped (kx_spacy/assets, see kx_spacy.generation.shipped); env: a trained pipeline instead
+    "couplet": ("KX_GENERATOR_ZH", "zh_couplets", "风弦未拨心先乱"),
+    "title": ("KX_GENERATOR_EN", "en_titles",
               "The space agency said on Monday that the shuttle launch was delayed by bad weather."),
 }
 
@@ -112,40 +112,47 @@ GENERATOR_MODELS = {  # trained by `spacy project run train-generator` (-agnews)
 def _demo_generation(en, zh) -> None:
     """kx_generator (issue 11): a couplet's lower line and an English title, and how each stopped."""
     import os
-    from pathlib import Path
 
     import spacy
 
-    for what, (env, default, text) in GENERATOR_MODELS.items():
-        path = Path(os.environ.get(env, default))
-        if not (path / "config.cfg").exists():
-            print(f"{what}: no trained generator at {path} (none is shipped): run `spacy project run "
-                  f"train-generator{'' if what == 'couplet' else '-agnews'}` or set {env}.")
-            continue
-        nlp = spacy.load(path)
+    from .errors import KxError
+    from .generation.shipped import add_shipped_generator, shipped_path
+
+    for what, (env, shipped, text) in GENERATOR_MODELS.items():
+        if os.environ.get(env):
+            nlp, where = spacy.load(os.environ[env]), os.environ[env]
+        else:
+            nlp, where = (zh if what == "couplet" else en), f"shipped {shipped_path(shipped)}"
+            try:
+                if "kx_generator" not in nlp.pipe_names:
+                    add_shipped_generator(nlp, shipped)
+            except KxError as err:
+                print(f"{what}: no shipped generator for this pipeline ({err})")
+                continue
         pipe = nlp.get_pipe("kx_generator")
         gen = nlp(text)._.kx_generation
         bound = pipe.termination_bound()
-        print(f"{what} ({path}, {pipe.model.attrs['output_kind']} layer, t* = {bound.t_star}):")
-        print(f"  {text} -> {gen['text']}  [stopped by {gen['stopped_by']} after {gen['n_steps']} steps, "
+        print(f"{what} ({where}, {pipe.model.attrs['output_kind']} layer, t* = {bound.t_star}):")
+        print(f"  {text} -> {gen['text']}  [stopped_by = {gen['stopped_by']} after {gen['n_steps']} steps, "
               f"log p = {gen['log_prob']:.2f}]")
 
 
-WORKFLOW_FIGURES = (  # PNGs the project commands write; shown on the page when they exist
-    ("metrics/bench_attention_cpu.png", "bench-attention: kx linear attention vs SDPA (time, memory, decoding)"),
-    ("metrics/bench_clipping.png", "bench-clipping: character LM loss vs step, no / per-array / global / smooth clipping"),
-    ("metrics/nvae_samples", "sample-nvae: NVAE samples"),
+WORKFLOW_FIGURES = (  # PNGs the project commands write into $KX_FIGURES_DIR (default metrics/), when made
+    ("bench_attention_cpu.png", "bench-attention: kx linear attention vs SDPA (time, memory, decoding)"),
+    ("bench_clipping.png", "bench-clipping: character LM loss vs step, no / per-array / global / smooth clipping"),
+    ("nvae_samples", "sample-nvae: NVAE samples"),
 )
 
 
 def _demo_figures(en, zh) -> None:
     """Figures from the workflow runs (attention benchmark, clipping, NVAE samples), when made."""
+    import os
     from pathlib import Path
 
     from .demo_page import add_image
 
-    for path, caption in WORKFLOW_FIGURES:
-        p = Path(path)
+    for name, caption in WORKFLOW_FIGURES:
+        p = path = Path(os.environ.get("KX_FIGURES_DIR", "metrics")) / name
         pngs = sorted(p.glob("*.png")) if p.is_dir() else ([p] if p.exists() else [])
         if not pngs:
             print(f"{caption}: not made yet ({path}); `spacy project run {caption.split(':')[0]}` makes it")

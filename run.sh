@@ -3,7 +3,7 @@
 # (torch pinned to a CPU build) and then runs what you ask:
 #   ./run.sh demo      every component on the default encoders
 #   ./run.sh test      the test suite (what CI runs)
-#   ./run.sh project … spacy project run …, inside the venv
+#   ./run.sh project [run] …  spacy project run …, inside the venv (e.g. ./run.sh project run all-cpu)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -38,6 +38,7 @@ cmd=${1:-demo}; shift || true
 case "$cmd" in
   demo) exec python -m kx_spacy demo "$@" ;;
   test) exec python -m pytest -q -p no:cacheprovider tests "$@" ;;
-  project) exec python -m spacy project run "$@" ;;
+  project) [ "${1:-}" = run ] && shift  # both `./run.sh project all-cpu` and `./run.sh project run all-cpu`
+    exec python -m spacy project run "$@" ;;
   *) exec "$cmd" "$@" ;;
 esac

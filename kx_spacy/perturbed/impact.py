@@ -49,6 +49,7 @@ words like any other. A tokenizer without a mask token raises ``NoMaskTokenError
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import unicodedata
@@ -282,12 +283,15 @@ def _unit_variants(unit: _Unit, mask_id: int, offset: int, has_cls: bool):
 
 
 def _fill_unit(M: numpy.ndarray, unit: _Unit, keys, states, mode: str, dist: Distance, has_cls: bool) -> None:
+    """Fill ``M`` (K, n + 1, n + 1): one matrix per layer selection; the hidden states hold the
+    K selections' vectors side by side (rows, K * H)."""
     import torch
 
     spans = unit.spans
     m = len(spans)
     sizes = [e - s for s, e in spans]
-    lookup = {k: t for k, t in zip(keys, states)}
+    n_sets = M.shape[0]
+    lookup = {k: t.reshape(t.shape[0], n_sets, -1) for k, t in zip(keys, states)}  # (rows, K, H)
     head = 1 if has_cls else 0
 
     def word_rows(t: "torch.Tensor", start: int, a: int) -> "torch.Tensor":
@@ -295,13 +299,13 @@ def _fill_unit(M: numpy.ndarray, unit: _Unit, keys, states, mode: str, dist: Dis
 
     base = [word_rows(lookup[("i", a)], head, a) for a in range(m)]
     if has_cls:
-        cls_x = lookup[("x",)][0]
+        cls_x = lookup[("x",)][0]  # (K, H)
         cls_i = torch.stack([lookup[("i", a)][0] for a in range(m)]) if m else None
         if m:
-            root_row = dist(cls_x[None, :], cls_i).double().cpu().numpy()
+            root_row = dist(cls_x[None], cls_i).double().cpu().numpy()  # (m, K)
             for a in range(m):
                 if unit.owned[a]:
-                    M[0, unit.words[a] + 1] = root_row[a]
+                    M[:, 0, unit.words[a] + 1] = root_row[a]
     for a in range(m):
         if not unit.owned[a]:
             continue
@@ -314,15 +318,49 @@ def _fill_unit(M: numpy.ndarray, unit: _Unit, keys, states, mode: str, dist: Dis
             t = lookup[key]
             start = 0 if a < b else sizes[b]
             pairs.append(word_rows(t, start, a))
-        stacked = torch.stack(pairs)  # (m-1, r_a, H)
+        stacked = torch.stack(pairs)  # (m-1, r_a, K, H)
         if mode == "official":
-            values = dist(base[a][None], stacked).mean(-1)
+            values = dist(base[a][None], stacked).mean(1)
         else:
             values = dist(base[a].mean(0)[None], stacked.mean(1))
-        values = values.double().cpu().numpy()
+        values = values.double().cpu().numpy()  # (m-1, K)
         i = unit.words[a] + 1
         for b, v in zip(others, values):
-            M[i, unit.words[b] + 1] = v
+            M[:, i, unit.words[b] + 1] = v
+
+
+def _stacked_view(backbone: "Backbone", layer_sets: Sequence[Layers]) -> "Backbone":
+    """A view of ``backbone`` whose last hidden state is the vectors of every layer selection
+    side by side, (B, L, K * H): one forward serves K selections. The encoder is shared, not
+    copied; its train / eval mode is left as the caller's context manager sets it."""
+    import torch
+
+    from ..backbone import Backbone
+
+    class _Stack(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def forward(self, **kwargs):
+            kwargs.pop("output_hidden_states", None)
+            kwargs.pop("return_dict", None)
+            hs = self.inner(**kwargs, output_hidden_states=True, return_dict=True).hidden_states
+            parts = [hs[sel] if isinstance(sel, int) else torch.stack([hs[i] for i in sel], 0).mean(0)
+                     for sel in layer_sets]
+            return SimpleNamespace(last_hidden_state=torch.cat(parts, -1))
+
+    class _View(Backbone):
+        @property
+        def hidden_size(self) -> int:
+            return int(self.config.hidden_size) * len(layer_sets)
+
+    stack = _Stack(backbone.module)
+    stack.training = backbone.module.training  # so eval_mode() restores the encoder's own mode
+    view = _View(stack, backbone.tokenizer, backbone.pipe_name)
+    view._batch_cap = backbone._batch_cap
+    return view
 
 
 def compute_impacts(
@@ -355,9 +393,53 @@ def compute_impacts(
     RETURNS (List[numpy.ndarray]): per sentence an (n + 1, n + 1) float64 matrix, index 0 =
         ROOT, ``M[i, j]`` = impact of word j on word i.
     """
+    return compute_impacts_layers(
+        backbone, sentences, [layers], mode=mode, distance=distance, batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens, max_variants=max_variants, progress=progress,
+    )[0]
+
+
+def compute_impacts_layers(
+    backbone: "Backbone",
+    sentences: Sequence[Sequence[str]],
+    layer_sets: Sequence[Layers],
+    *,
+    mode: str = "kx",
+    distance: Union[str, Distance] = "euclidean",
+    batch_size: int = 256,
+    max_batch_tokens: int = 16384,
+    max_variants: int = 8192,
+    progress: Optional[Callable[[int], None]] = None,
+) -> List[List[numpy.ndarray]]:
+    """``compute_impacts`` for several layer selections from ONE pass over the masked inputs
+    (each forward returns every hidden state; a selection is one index or a list averaged).
+
+    backbone (Backbone): the shared encoder (must have a mask token).
+    sentences (Sequence[Sequence[str]]): the sentences, as word lists.
+    layer_sets (Sequence[int or Sequence[int]]): the selections, e.g. ``[1, 2, [1, 2]]``.
+    mode (str): "kx" or "official", as in ``compute_impacts``.
+    distance (str or callable): "euclidean", "cosine", "manhattan", or a callable on two
+        tensors that reduces the last axis.
+    batch_size (int): most inputs per forward.
+    max_batch_tokens (int): most padded pieces per forward.
+    max_variants (int): masked inputs gathered before a round of forwards (bounds memory; a
+        round holds whole word windows, so only a window whose variants alone exceed it
+        goes over; a long sentence's windows are spread over rounds).
+    progress (callable or None): called with the number of sentences finished, per round.
+    RETURNS (List[List[numpy.ndarray]]): per layer selection, per sentence, the (n + 1, n + 1)
+        float64 matrix of ``compute_impacts``.
+    """
     if mode not in MODES:
         raise KxError(f"Unknown impact mode {mode!r}; choose one of {MODES}.")
-    layers = _check_layers(layers)
+    if isinstance(layer_sets, (int, numpy.integer)) or not len(layer_sets):
+        raise KxError("layer_sets is a non-empty list of layer selections (ints or lists of ints).")
+    layer_sets = [_check_layers(sel) for sel in layer_sets]
+    n_sets = len(layer_sets)
+    if n_sets == 1:
+        layers = layer_sets[0]
+    else:
+        backbone = _stacked_view(backbone, layer_sets)
+        layers = -1  # the view's last hidden state holds every selection
     dist = get_distance(distance)
     sentences = [list(words) for words in sentences]
     for words in sentences:
@@ -365,7 +447,7 @@ def compute_impacts(
             raise KxError("compute_impacts takes sentences as lists of str words.")
     results: List[Optional[numpy.ndarray]] = [None] * len(sentences)
     if not sentences:
-        return []
+        return [[] for _ in layer_sets]
     mask_id = backbone.require_mask()
     offset = backbone.content_offset
     has_cls = offset > 0
@@ -398,7 +480,7 @@ def compute_impacts(
 
     for si, words in enumerate(sentences):
         n_words, units = _plan(backbone, si, words)
-        results[si] = numpy.zeros((n_words + 1, n_words + 1), dtype="float64")
+        results[si] = numpy.zeros((n_sets, n_words + 1, n_words + 1), dtype="float64")
         remaining[si] = len(units)
         if not units and progress is not None:
             progress(1)
@@ -411,7 +493,73 @@ def compute_impacts(
             pending.append(unit)
             pending_count += cost
     flush()
-    return results  # type: ignore[return-value]
+    return [[M[k] for M in results] for k in range(n_sets)]  # type: ignore[index]
+
+
+def masking_effects(
+    backbone: "Backbone",
+    sentences: Sequence[Sequence[str]],
+    *,
+    layers: Layers = -1,
+    distance: Union[str, Distance] = "euclidean",
+    batch_size: int = 256,
+    max_batch_tokens: int = 16384,
+) -> List[numpy.ndarray]:
+    """How much masking each word moves the rest of its sentence.
+
+    ``effect[j] = mean over the other words k of d(v_k(x), v_k(x \\ {j}))``, where v_k is word
+    k's vector (the mean of its sub-words' rows) in the chosen layer: 1 + n forwards a
+    sentence, every row kept. A word whose masking changes the whole sentence most is a root
+    candidate (``predict_root(..., effects=...)``). Long inputs are windowed by
+    ``Backbone.hidden_states``; a word without pieces, or the only word, has effect 0.
+
+    backbone (Backbone): the encoder (must have a mask token).
+    sentences (Sequence[Sequence[str]]): the sentences, as word lists.
+    layers (int or Sequence[int]): hidden state index (-1 = last) or several, averaged.
+    distance (str or callable): as in ``compute_impacts``.
+    batch_size (int): most inputs per forward.
+    max_batch_tokens (int): most padded pieces per forward.
+    RETURNS (List[numpy.ndarray]): per sentence a float64 vector of n effects.
+    """
+    import torch
+
+    layers = _check_layers(layers)
+    dist = get_distance(distance)
+    mask_id = backbone.require_mask()
+    offset = backbone.content_offset
+    plans, seqs, owners = [], [], []
+    for si, words in enumerate(sentences):
+        words = list(words)
+        if any(not isinstance(w, str) for w in words):
+            raise KxError("masking_effects takes sentences as lists of str words.")
+        pieces = backbone.tokenize_words(words)
+        present = [k for k, (s, e) in enumerate(pieces.spans) if e > s]
+        plans.append((len(words), present, pieces.spans))
+        if len(present) < 2:
+            continue
+        owners.append((si, len(seqs)))
+        seqs.append(list(pieces.ids))
+        for k in present:
+            ids = list(pieces.ids)
+            s, e = pieces.spans[k]
+            ids[s:e] = [mask_id] * (e - s)
+            seqs.append(ids)
+    positions = [[offset + p for p in range(len(s))] for s in seqs]
+    states = backbone.hidden_states(seqs, positions=positions, layers=layers, batch_size=batch_size,
+                                    max_batch_tokens=max_batch_tokens) if seqs else []
+    out = [numpy.zeros(n, dtype="float64") for n, _, _ in plans]
+    for si, first in owners:
+        n, present, spans = plans[si]
+        m = len(present)
+
+        def vectors(t: "torch.Tensor") -> "torch.Tensor":
+            return torch.stack([t[spans[k][0]: spans[k][1]].mean(0) for k in present])
+
+        base = vectors(states[first])
+        for a, k in enumerate(present):
+            moved = dist(base, vectors(states[first + 1 + a])).double().cpu().numpy()
+            out[si][k] = (moved.sum() - moved[a]) / (m - 1)
+    return out
 
 
 # --------------------------------------------------------------- reference loop

@@ -8,7 +8,8 @@ Public names (import them from ``kx_spacy.training``; importing this package imp
 - ``TrainingConfig(max_steps=1000 (None: a pure time budget), max_time_minutes=None, grad_accum=1, clip_mode="global_norm",
   clip_threshold=1.0, precision="auto", eval_every=0, checkpoint_every=0, max_bad_steps=10,
   seed=0, num_threads=None, progress=True, device=None, desc="train",
-  find_unused_parameters=False)``, ``TrainResult`` (engine.py)
+  find_unused_parameters=False, clock="wall" | "process" (CPU seconds))``, ``TrainResult``
+  (engine.py)
 - ``WarmupDecay(optimizer, *, decay="linear"|"cosine"|"constant", warmup_steps, max_steps,
   min_lr_ratio)``: warm-up × decay from transformers' schedule formulas, decaying by steps or by
   the time budget, whichever runs out first; ``max_steps=None``: by the time fraction alone

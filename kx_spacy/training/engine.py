@@ -32,6 +32,9 @@ class TrainingConfig:
         time budget; then ``max_time_minutes`` is required).
     max_time_minutes (Optional[float]): also stop when this much training time is used (resumed
         runs count the time of earlier runs).
+    clock (str): what the time budget counts: "wall" (wall-clock seconds) or "process" (this
+        process's CPU seconds: on a shared, loaded machine the compute the run really got;
+        with num_threads=1 it is what a quiet machine's wall clock would show).
     grad_accum (int): micro-batches per optimizer step (their mean loss is minimised).
     clip_mode (str): "global_norm", "smooth" (γ/(‖g‖+γ)), "per_array" (thinc's, for comparisons) or
         "none"; see ``clipping.py``.
@@ -65,6 +68,7 @@ class TrainingConfig:
     device: Optional[str] = None
     desc: str = "train"
     find_unused_parameters: bool = False
+    clock: str = "wall"
 
     def validate(self) -> None:
         if self.max_steps is None and not self.max_time_minutes:
@@ -78,6 +82,8 @@ class TrainingConfig:
         for key in ("eval_every", "checkpoint_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise TrainingError(f"TrainingConfig.{key} must be an integer ≥ 0, got {getattr(self, key)!r}")
+        if self.clock not in ("wall", "process"):
+            raise TrainingError(f"TrainingConfig.clock {self.clock!r}: use wall or process")
         if self.clip_mode not in CLIP_MODES:
             raise TrainingError(f"TrainingConfig.clip_mode {self.clip_mode!r}: use one of {', '.join(CLIP_MODES)}")
         if self.max_time_minutes is not None and not self.max_time_minutes > 0:
@@ -310,7 +316,7 @@ class Trainer:
         stream = self._stream(*position)
         accum, consecutive = cfg.grad_accum, 0
         has_items = hasattr(task, "items")
-        self.progress = TrainProgress(cfg.max_steps, max_time)
+        self.progress = TrainProgress(cfg.max_steps, max_time, cfg.clock)
         self.progress.start(step, elapsed_before, items_seen, position[0])
         if hasattr(task, "set_progress"):
             task.set_progress(self.progress)

@@ -20,12 +20,18 @@ import torch
 
 from .errors import TrainingError
 
+#: the clocks a time budget can use
+CLOCKS = {"wall": time.time, "process": time.process_time}
+
 
 class TrainProgress:
     """The run's position: read-only for the task (the engine updates it).
 
     max_steps (Optional[int]): the step budget (None: a pure time budget).
     max_time_s (Optional[float]): the time budget in seconds (None: none).
+    clock (str): "wall" (wall-clock seconds) or "process" (CPU seconds of this process,
+        ``time.process_time``: on a shared machine the compute the run got, whatever the load;
+        with one torch thread, what a quiet machine's wall clock would show).
 
     Attributes read by tasks: ``step`` (optimizer steps done, all runs of a resumed training),
     ``epoch`` (the epoch of the last batch), ``items_seen`` (over all ranks), ``elapsed_s``
@@ -34,7 +40,11 @@ class TrainProgress:
     that budget) and ``fraction`` (the larger one: how much of the run is used).
     """
 
-    def __init__(self, max_steps: Optional[int], max_time_s: Optional[float]):
+    def __init__(self, max_steps: Optional[int], max_time_s: Optional[float], clock: str = "wall"):
+        if clock not in CLOCKS:
+            raise TrainingError(f"clock {clock!r}: use one of {', '.join(CLOCKS)}")
+        self.clock = clock
+        self._now = CLOCKS[clock]
         self.max_steps = int(max_steps) if max_steps else None
         self.max_time_s = float(max_time_s) if max_time_s else None
         self.step, self.epoch, self.items_seen = 0, 0, 0
@@ -44,18 +54,18 @@ class TrainProgress:
     def start(self, step: int = 0, elapsed_before: float = 0.0, items_seen: int = 0, epoch: int = 0) -> None:
         """Start the clock (a resumed run passes what the checkpoint holds)."""
         self.step, self.items_seen, self.epoch = int(step), int(items_seen), int(epoch)
-        self._before, self._start = float(elapsed_before), time.time()
+        self._before, self._start = float(elapsed_before), self._now()
 
     def stop(self) -> None:
         """Freeze the clock at the end of the run."""
         if self._start is not None:
-            self._before += time.time() - self._start
+            self._before += self._now() - self._start
             self._start = None
 
     # -- what tasks read
     @property
     def elapsed_s(self) -> float:
-        return self._before + (time.time() - self._start if self._start is not None else 0.0)
+        return self._before + (self._now() - self._start if self._start is not None else 0.0)
 
     @property
     def step_fraction(self) -> float:

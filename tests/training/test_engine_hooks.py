@@ -198,3 +198,15 @@ def test_step_hook_under_two_gloo_processes_averages_the_gradients(tmp_path):
             output_dir=tmp_path / "one", optimizer=sgd()).run()
     ddp = _ddp(tmp_path / "ddp", "--max-steps", "5", "--step-hook")
     assert torch.allclose(ddp, weights(one.module), atol=1e-5)
+
+
+def test_process_clock_counts_cpu_seconds_not_waiting(tmp_path):
+    """A run that mostly waits (sleeps, like a run starved by other processes) uses little CPU
+    time: the process clock's budget outlasts the wall clock's."""
+    _, wall = _run(tmp_path, ProgressTask(sleep=0.05), out="wall", max_steps=20, max_time_minutes=0.3 / 60)
+    _, cpu = _run(tmp_path, ProgressTask(sleep=0.05), out="cpu", max_steps=20, max_time_minutes=0.3 / 60,
+                  clock="process")
+    assert wall.stopped_by == "max_time" and wall.steps < 20
+    assert cpu.stopped_by == "max_steps" and cpu.steps == 20 and cpu.elapsed_s < 0.3
+    with pytest.raises(TrainingError, match="clock"):
+        TrainingConfig(clock="gpu").validate()

@@ -62,7 +62,8 @@ class DiagonalNormal:
 
     def sample(self, temperature: float = 1.0) -> torch.Tensor:
         """A reparameterised sample, the noise scaled by ``temperature``."""
-        eps = torch.randn_like(self.mu)
+        # contiguous draws: the same noise whatever the memory format (channels-last or not)
+        eps = torch.randn(self.mu.shape, device=self.mu.device, dtype=self.mu.dtype)
         return self.mu + self.sigma * (eps * temperature)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:

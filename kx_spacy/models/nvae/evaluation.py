@@ -50,7 +50,9 @@ def importance_weighted_nll(
     """The importance-weighted NLL bound of ``images`` under ``model``.
 
     model (nn.Module): has ``log_weights(x) -> [B]`` (one log p(x, z) − log q(z | x) per row,
-        z drawn from q); run in eval mode (restored afterwards).
+        z drawn from q), and optionally ``log_weights_repeated(x, r) -> [B · r]`` (the same for
+        ``x.repeat_interleave(r, 0)``, cheaper: the NVAE encodes each image once); run in eval
+        mode (restored afterwards).
     images (torch.Tensor): ``[N, ...]`` images in the model's input format.
     k (int): importance samples per image (≥ 1).
     batch_size (int): rows (image copies) per forward pass; k larger than it is split.
@@ -82,8 +84,11 @@ def importance_weighted_nll(
             done = 0
             while done < k:
                 r = min(samples_per_pass, k - done)
-                rep = x.repeat_interleave(r, dim=0)
-                lw = model.log_weights(rep).double().view(n, r)
+                if hasattr(model, "log_weights_repeated"):
+                    lw = model.log_weights_repeated(x, r)
+                else:
+                    lw = model.log_weights(x.repeat_interleave(r, dim=0))
+                lw = lw.double().view(n, r)
                 if not torch.isfinite(lw).all():
                     raise NVAEError("non-finite importance weight: the model produced NaN/inf")
                 chunks.append(lw.cpu())

@@ -44,7 +44,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "training": {
         "max_time_minutes": 10.0, "max_steps": 0, "precision": "auto", "clip_mode": "global_norm",
         "clip_threshold": 200.0, "max_bad_steps": 20, "checkpoint_every": 500, "seed": 0,
-        "num_threads": 1, "progress": True, "marks_seconds": [60, 150, 300, 450],
+        "num_threads": 1, "progress": True, "marks_seconds": [60, 150, 300, 450], "clock": "wall",
     },
     "evaluation": {
         "test_seed": TEST_SEED, "k": 1000, "num_images": 2000, "batch_size": 2000,
@@ -167,14 +167,15 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
             seed=int(t["seed"]), marks=marks,
         )
         def opt(m):
-            return torch.optim.Adamax(m.parameters(), lr=n["lr"], eps=n["eps"], weight_decay=n["weight_decay"])
+            return torch.optim.Adamax(m.parameters(), lr=n["lr"], eps=n["eps"], weight_decay=n["weight_decay"],
+                                      foreach=True)
         sched = n
     else:
         b = cfg["baseline"]
         model = build_baseline(cfg)
         task = MLPVAETask(model, train, int(b["batch_size"]), seed=int(t["seed"]), marks=marks)
         def opt(m):
-            return torch.optim.Adam(m.parameters(), lr=b["lr"], eps=b["eps"])
+            return torch.optim.Adam(m.parameters(), lr=b["lr"], eps=b["eps"], foreach=True)
         sched = b
     Trainer, TrainingConfig, WarmupDecay = _engine()
     max_steps = int(t["max_steps"]) or None  # None: a pure time budget (the schedule decays by time)
@@ -195,6 +196,7 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
         seed=int(t["seed"]),
         num_threads=int(t["num_threads"]) or None,
         progress=bool(t["progress"]),
+        clock=str(t["clock"]),
     )
     identity = {"kind": kind, "nvae": cfg["nvae"], "baseline": cfg["baseline"],
                 "nvae_training": cfg["nvae_training"]} if kind == "nvae" else {
@@ -292,6 +294,7 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
     metrics: Dict[str, Any] = {
         "binarisation": BINARISATION.format(seed=seed),
         "time_budget_seconds": max_seconds,
+        "clock": t["clock"],
         "num_threads": int(t["num_threads"]),
         "evaluation": {k: e[k] for k in ("k", "num_images", "marks_k", "marks_num_images",
                                          "baseline_num_images")},

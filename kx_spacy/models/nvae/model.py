@@ -206,10 +206,18 @@ class NVAE(nn.Module):
         c = self.config
         return image_distribution(c.output, params, c.image_channels, c.num_mixtures, c.num_bits)
 
-    def forward(self, x: torch.Tensor) -> NVAEOutput:
+    def forward(self, x: torch.Tensor, repeats: int = 1) -> NVAEOutput:
         """Encode ``x`` (``[B, C, H, W]`` in [0, 1]), sample every group from its posterior and
-        decode; see NVAEOutput."""
+        decode; see NVAEOutput.
+
+        repeats (int): draw this many posterior samples per image (rows image-major, as
+            ``x.repeat_interleave(repeats, 0)``): the bottom-up pass runs once per image and its
+            features are repeated for the top-down passes (the same result as repeating ``x``
+            in eval mode and in training mode, where a repeated batch has the same BN statistics).
+        """
         self.check_images(x)
+        if repeats < 1:
+            raise NVAEError(f"repeats must be ≥ 1, got {repeats}")
         c = self.config
         inp = 2.0 * x - 1.0
         if c.padding:
@@ -230,6 +238,10 @@ class NVAE(nn.Module):
         feats.reverse()  # top-down order, one per group below the top
 
         mu, log_sigma = self.enc_sampler[0](self.encoder0(h)).chunk(2, dim=1)
+        if repeats > 1:
+            feats = [f.repeat_interleave(repeats, dim=0) for f in feats]
+            mu, log_sigma = mu.repeat_interleave(repeats, dim=0), log_sigma.repeat_interleave(repeats, dim=0)
+            x = x.repeat_interleave(repeats, dim=0)
         q = DiagonalNormal(mu, log_sigma)
         z = q.sample()
         p = DiagonalNormal.standard(z)
@@ -269,6 +281,11 @@ class NVAE(nn.Module):
     def log_weights(self, x: torch.Tensor) -> torch.Tensor:
         """``[B]`` one importance weight log p(x, z) − log q(z | x) per image (z ~ q)."""
         return self.forward(x).log_weight
+
+    def log_weights_repeated(self, x: torch.Tensor, repeats: int) -> torch.Tensor:
+        """``[B · repeats]`` importance weights, ``repeats`` per image (image-major), with one
+        bottom-up pass per image (what the IW evaluation uses)."""
+        return self.forward(x, repeats=repeats).log_weight
 
     @torch.no_grad()
     def sample(self, num_samples: int, temperature: float = 1.0) -> torch.Tensor:

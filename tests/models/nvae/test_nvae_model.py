@@ -43,6 +43,23 @@ def test_tiny_nvae_forward_and_objective():
     assert loss.nelbo.item() == pytest.approx(loss.recon.item() + loss.kl.item(), rel=1e-5)
 
 
+def test_repeated_posterior_samples_equal_repeated_images():
+    """log_weights_repeated encodes each image once: the same weights as repeating the images
+    (same random draws), in eval mode (the IW evaluation) and in training mode."""
+    model = NVAE(NVAEConfig.tiny(num_groups_per_scale=2, channels_last=True)).to(memory_format=torch.channels_last)
+    x = _binary(3)
+    for train in (False, True):
+        model.train(train)
+        torch.manual_seed(7)
+        fast = model.log_weights_repeated(x, 4)
+        torch.manual_seed(7)
+        slow = model.log_weights(x.repeat_interleave(4, dim=0))
+        assert fast.shape == (12,) and torch.allclose(fast, slow, rtol=1e-4, atol=1e-3)
+        assert not torch.allclose(fast[0], fast[1])  # different samples of one image
+    with pytest.raises(NVAEError, match="repeats"):
+        model(x, repeats=0)
+
+
 def test_several_groups_per_scale_and_adaptive_groups():
     cfg = NVAEConfig.tiny(num_groups_per_scale=4, adaptive_groups=True, num_cells_per_group_dec=2)
     assert cfg.groups_per_scale == [4, 2]

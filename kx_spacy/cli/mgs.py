@@ -17,15 +17,17 @@ GENERATOR_COST_KEYS = ["cost_updates", "cost_wall_per_update", "cost_decodes", "
 
 
 def _table(summary, keys) -> str:
-    lines = [f"{'method':<8}" + "".join(f"{k:>20}" for k in keys)]
+    """mean ± sd per method (rows) and figure (columns); columns as wide as their names."""
+    widths = [max(20, len(k) + 2) for k in keys]
+    lines = [f"{'method':<8}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))]
     for method, stats in summary.items():
         cells = []
-        for k in keys:
+        for k, w in zip(keys, widths):
             if k in stats:
                 mean, sd = stats[k]
-                cells.append(f"{mean:>11.4f} ± {sd:<6.4f}")
+                cells.append(f"{mean:.4f} ± {sd:<6.4f}".rjust(w))
             else:
-                cells.append(f"{'-':>20}")
+                cells.append(f"{'-':>{w}}")
         lines.append(f"{method:<8}" + "".join(cells))
     return "\n".join(lines)
 

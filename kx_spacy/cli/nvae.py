@@ -38,6 +38,7 @@ def train_nvae_cli(
     except KxError as err:
         _fail(err)
     typer.echo(f"binarisation: {result['binarisation']}")
+    typer.echo(f"training time: the {result['clock']} clock (train s below; 'process': CPU seconds)")
     typer.echo(f"{'model':<9}{'train s':>9}{'steps':>8}{'K':>6}{'images':>8}{'NLL nats':>10}")
     for r in result["rows"]:
         typer.echo(f"{r['model']:<9}{r['train_seconds']:>9.1f}{r['step']:>8}{r['k']:>6}{r['num_images']:>8}{r['nll']:>10.2f}")

@@ -205,8 +205,9 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
                       identity=identity)
     t0 = time.perf_counter()
     result = trainer.run(resume=resume)
-    log(f"{kind}: {result.steps} steps in {time.perf_counter() - t0:.0f} s "
-        f"({count_parameters(task.module)} parameters, {result.items_seen / max(result.elapsed_s, 1e-9):.0f} img/s)")
+    log(f"{kind}: {result.steps} steps, {result.elapsed_s:.0f} s on the {t['clock']} clock "
+        f"({time.perf_counter() - t0:.0f} s wall; {count_parameters(task.module)} parameters, "
+        f"{result.items_seen / max(result.elapsed_s, 1e-9):.0f} img per {t['clock']}-clock s)")
     return {"task": task, "module": task.module, "result": result, "progress": trainer.progress}
 
 

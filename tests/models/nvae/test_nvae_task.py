@@ -128,7 +128,9 @@ def test_experiment_end_to_end_on_fake_data(tmp_path):
 
     write_fake_mnist(tmp_path / "data")
     out = tmp_path / "run"
-    metrics = run_experiment(_fake_cfg(), tmp_path / "data", out, tmp_path / "m.json", log=lambda s: None)
+    metrics = run_experiment(_fake_cfg(clock="process"), tmp_path / "data", out, tmp_path / "m.json",
+                             log=lambda s: None)
+    assert metrics["clock"] == "process"
     assert json.loads((tmp_path / "m.json").read_text())["rows"] == metrics["rows"]
     assert "PCG64(seed=0)" in metrics["binarisation"]
     kinds = [(r["model"], r["num_images"]) for r in metrics["rows"]]

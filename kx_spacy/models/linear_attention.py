@@ -74,6 +74,7 @@ __all__ = [
 
 DEFAULT_EPS = 1e-6
 DEFAULT_CHUNK = 64
+ALGORITHMS = ("auto", "fused", "cumsum", "loop")
 
 
 # ----------------------------------------------------------------------------- feature maps
@@ -101,11 +102,25 @@ class FeatureMap:
 
 
 class PointwiseFeatureMap(FeatureMap):
-    """φ applied elementwise, the same to queries and keys."""
+    """φ applied elementwise, the same to queries and keys.
 
-    def __init__(self, name: str, fn: Callable[[Tensor], Tensor]):
+    name (str): the registered name.
+    fn (Callable[[Tensor], Tensor]): φ.
+    fn_ (Optional[Callable[[Tensor], Tensor]]): φ in place (returns its argument), so that the
+        fused causal form computes φ in reusable buffers.
+    derivative_ (Optional[Callable[[Tensor], Optional[Tensor]]]): turns a tensor holding φ(x)
+        into φ'(x) in place (None: φ' = 1 everywhere). Only maps whose derivative is a function
+        of their output can give it; without ``fn_`` and ``derivative_`` the fused form
+        differentiates φ with autograd instead (slower, same result).
+    """
+
+    def __init__(self, name: str, fn: Callable[[Tensor], Tensor],
+                 fn_: Optional[Callable[[Tensor], Tensor]] = None,
+                 derivative_: Optional[Callable[[Tensor], Optional[Tensor]]] = None):
         self.name = name
         self.fn = fn
+        self.fn_ = fn_
+        self.derivative_ = derivative_
 
     def query(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -156,17 +171,20 @@ def register_feature_map(name: str) -> Callable:
 
 @register_feature_map("elu")
 def _elu_plus_one() -> FeatureMap:
-    return PointwiseFeatureMap("elu", lambda x: F.elu(x) + 1.0)
+    # φ = elu(x) + 1: φ' = 1 for x > 0 (where φ > 1), exp(x) = φ for x <= 0: φ' = min(φ, 1)
+    return PointwiseFeatureMap("elu", lambda x: F.elu(x) + 1.0, lambda x: F.elu_(x).add_(1.0),
+                               lambda f: f.clamp_(max=1.0))
 
 
 @register_feature_map("relu")
 def _relu() -> FeatureMap:
-    return PointwiseFeatureMap("relu", F.relu)
+    # φ' = 1 where φ > 0, else 0 (torch's convention at 0): sign(φ)
+    return PointwiseFeatureMap("relu", F.relu, F.relu_, lambda f: f.sign_())
 
 
 @register_feature_map("identity")
 def _identity() -> FeatureMap:
-    return PointwiseFeatureMap("identity", lambda x: x)
+    return PointwiseFeatureMap("identity", lambda x: x, lambda x: x, lambda f: None)
 
 
 @register_feature_map("separate_softmax")
@@ -348,10 +366,316 @@ def _causal_loop(fq, fk, v, c, s0, z0, normalize, eps):
     return torch.cat(outs, dim=2), s, z
 
 
+# ----------------------------------------------------------------------------- fused causal form
+# The chunked causal form as one autograd Function with a hand-written backward, computed block by
+# block over the (batch × head) rows so that every intermediate of a block stays in the CPU's
+# cache, in buffers allocated once per call (fresh large allocations page-fault on every call,
+# which costs more than the arithmetic here). The backward recomputes the intra-chunk scores and
+# the chunk states (cheaper than keeping them) and scans the state gradients in reverse; the
+# normaliser is kept out of the value matmuls (an extra column of ones makes them 65 wide, which
+# halves MKL's speed). The prefix sums over chunks use a log-step scan: torch.cumsum over a
+# non-innermost dimension is an order of magnitude slower than the adds.
+
+_FUSED_BLOCK_FLOATS = 1 << 19     # a block's (rows, length, width) tensors hold about this many floats
+
+
+def _rows_per_block(rows: int, tp: int, width: int, device: torch.device) -> int:
+    if device.type != "cpu":
+        return rows
+    return max(1, min(rows, _FUSED_BLOCK_FLOATS // max(1, tp * width)))
+
+
+def _blocks(b: int, h: int, rb: int):
+    """(b0, b1, h0, h1) rectangles of the (batch, head) grid, rb rows at most (at least 1 row)."""
+    if rb >= h:
+        nb = max(1, rb // h)
+        for b0 in range(0, b, nb):
+            yield b0, min(b, b0 + nb), 0, h
+    else:
+        for bi in range(b):
+            for h0 in range(0, h, rb):
+                yield bi, bi + 1, h0, min(h, h0 + rb)
+
+
+def _scan_(x: Tensor, tmp: Tensor, reverse: bool = False) -> Tensor:
+    """Inclusive prefix (or suffix) sums of x along dim 1, log2(n) passes; x and tmp are
+    overwritten; returns whichever of the two holds the result."""
+    n = x.shape[1]
+    src, dst, s = x, tmp, 1
+    while s < n:
+        if reverse:
+            dst[:, n - s:].copy_(src[:, n - s:])
+            torch.add(src[:, :n - s], src[:, s:], out=dst[:, :n - s])
+        else:
+            dst[:, :s].copy_(src[:, :s])
+            torch.add(src[:, s:], src[:, :n - s], out=dst[:, s:])
+        src, dst, s = dst, src, 2 * s
+    return src
+
+
+def _shift_(dst: Tensor, x: Tensor, first: Optional[Tensor], reverse: bool = False) -> Tensor:
+    """dst[:, n] = x[:, n - 1] (reverse: x[:, n + 1]); the free end gets ``first`` (or 0)."""
+    end = dst[:, -1] if reverse else dst[:, 0]
+    if first is None:
+        end.zero_()
+    else:
+        end.copy_(first)
+    if x.shape[1] > 1:
+        if reverse:
+            dst[:, :-1].copy_(x[:, 1:])
+        else:
+            dst[:, 1:].copy_(x[:, :-1])
+    return dst
+
+
+class _Workspace:
+    """Buffers for one block shape, allocated on first use and reused by every block."""
+
+    def __init__(self, like: Tensor):
+        self.like = like
+        self.bufs: Dict[str, Tensor] = {}
+
+    def get(self, name: str, *shape: int, zero: bool = False) -> Tensor:
+        buf = self.bufs.get(name)
+        numel = math.prod(shape)
+        if buf is None or buf.numel() < numel:
+            buf = self.like.new_empty(numel)
+            self.bufs[name] = buf
+        out = buf[:numel].view(*shape)
+        return out.zero_() if zero else out
+
+
+def _load_features(ws: _Workspace, name: str, x: Tensor, fmap: "PointwiseFeatureMap", tp: int,
+                   mask: Optional[Tensor]) -> Tensor:
+    """φ(x) (times the mask) for a (Bb, Hh, T, D) block, into a (Bb·Hh, tp, D) buffer whose tail
+    beyond T is 0."""
+    bb, hh, t, d = x.shape
+    buf = ws.get(name, bb * hh, tp, d)
+    view = buf.view(bb, hh, tp, d)
+    view[:, :, :t].copy_(x)
+    fmap.fn_(buf)
+    if tp != t:
+        view[:, :, t:].zero_()
+    if mask is not None:
+        view[:, :, :t].mul_(mask)
+    return buf
+
+
+def _load_values(ws: _Workspace, v: Tensor, tp: int) -> Tensor:
+    bb, hh, t, e = v.shape
+    if tp == t and v.is_contiguous():
+        return v.view(bb * hh, t, e)
+    buf = ws.get("v", bb * hh, tp, e)
+    view = buf.view(bb, hh, tp, e)
+    view[:, :, :t].copy_(v)
+    if tp != t:
+        view[:, :, t:].zero_()
+    return buf
+
+
+def _fused_states(ws: _Workspace, fk: Tensor, vc: Tensor, r: int, n: int, s0: Optional[Tensor],
+                  z0: Optional[Tensor]):
+    """Per-chunk kv (r, n, D, E), key sums (r, n, D), and the states before each chunk."""
+    c, d = fk.shape[1], fk.shape[2]
+    e = vc.shape[2]
+    kv = torch.bmm(fk.transpose(1, 2), vc, out=ws.get("kv", r * n, d, e)).view(r, n, d, e)
+    ks = torch.sum(fk.view(r, n, c, d), 2, out=ws.get("ks", r, n, d))
+    prev = _scan_(_shift_(ws.get("prev", r, n, d, e), kv, s0), ws.get("scan", r, n, d, e))
+    zprev = _scan_(_shift_(ws.get("zprev", r, n, d), ks, z0), ws.get("zscan", r, n, d))
+    return kv, ks, prev, zprev
+
+
+class _FusedCausal(torch.autograd.Function):
+    """Chunked causal linear attention on (B, H, T, D) inputs before the feature map."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, m, s0, z0, fmap, c, normalize, eps):
+        b, h, t, d = q.shape
+        e = v.shape[-1]
+        n = -(-t // c)
+        tp = n * c
+        y = v.new_empty(b, h, t, e)
+        den_all = v.new_empty(b, h, t)
+        s_fin = v.new_empty(b, h, d, e)
+        z_fin = v.new_empty(b, h, d)
+        ws = _Workspace(v)
+        for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), q.device)):
+            r = (b1 - b0) * (h1 - h0)
+            mb = None if m is None else m[b0:b1]
+            fq = _load_features(ws, "fq", q[b0:b1, h0:h1], fmap, tp, None).view(r * n, c, d)
+            fk = _load_features(ws, "fk", k[b0:b1, h0:h1], fmap, tp, mb).view(r * n, c, d)
+            vc = _load_values(ws, v[b0:b1, h0:h1], tp).view(r * n, c, e)
+            a = torch.bmm(fq, fk.transpose(1, 2), out=ws.get("a", r * n, c, c)).tril_()
+            kv, ks, prev, zprev = _fused_states(ws, fk, vc, r, n, _rows(s0, b0, b1, h0, h1),
+                                                _rows(z0, b0, b1, h0, h1))
+            torch.add(prev[:, -1], kv[:, -1], out=s_fin[b0:b1, h0:h1].view(r, d, e))
+            torch.add(zprev[:, -1], ks[:, -1], out=z_fin[b0:b1, h0:h1].view(r, d))
+            o = torch.bmm(fq, prev.view(r * n, d, e), out=ws.get("o", r * n, c, e)).baddbmm_(a, vc)
+            o = o.view(r, tp, e)[:, :t]
+            den = torch.sum(a, -1, keepdim=True, out=ws.get("den", r * n, c, 1))
+            den.baddbmm_(fq, zprev.view(r * n, d, 1))
+            den = den.view(r, tp)[:, :t]
+            den_all[b0:b1, h0:h1].view(r, t).copy_(den)
+            yb = y[b0:b1, h0:h1]
+            if normalize:
+                torch.div(o, _safe_denominator(den, eps).unsqueeze(-1), out=yb.view(r, t, e))
+            else:
+                yb.view(r, t, e).copy_(o)
+            if mb is not None:
+                yb.mul_(mb)
+        ctx.save_for_backward(q, k, v, m, s0, z0, y, den_all)
+        ctx.cfg = (fmap, c, normalize, eps)
+        return y, s_fin, z_fin
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gs_fin, gz_fin):
+        q, k, v, m, s0, z0, y, den_all = ctx.saved_tensors
+        fmap, c, normalize, eps = ctx.cfg
+        b, h, t, d = q.shape
+        e = v.shape[-1]
+        n = -(-t // c)
+        tp = n * c
+        need_q, need_k, need_v, _, need_s0, need_z0 = ctx.needs_input_grad[:6]
+        dq = q.new_empty(q.shape) if need_q else None
+        dk = k.new_empty(k.shape) if need_k else None
+        dv = v.new_empty(v.shape) if need_v else None
+        ds0 = s0.new_empty(s0.shape) if need_s0 else None
+        dz0 = z0.new_empty(z0.shape) if need_z0 else None
+        if gy is None:
+            gy = y.new_zeros(()).expand(y.shape)
+        ws = _Workspace(v)
+        for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), q.device)):
+            r = (b1 - b0) * (h1 - h0)
+            bb, hh = b1 - b0, h1 - h0
+            mb = None if m is None else m[b0:b1]
+            fq = _load_features(ws, "fq", q[b0:b1, h0:h1], fmap, tp, None).view(r * n, c, d)
+            fk = _load_features(ws, "fk", k[b0:b1, h0:h1], fmap, tp, mb).view(r * n, c, d)
+            vc = _load_values(ws, v[b0:b1, h0:h1], tp).view(r * n, c, e)
+            # the gradients of the numerator (go) and of the denominator (gden), 0 beyond T
+            g = gy[b0:b1, h0:h1]
+            if mb is not None:
+                g = g * mb
+            go = ws.get("go", bb, hh, tp, e)
+            gden = None
+            if normalize:
+                raw = den_all[b0:b1, h0:h1].unsqueeze(-1)
+                den = _safe_denominator(raw, eps)
+                torch.div(g, den, out=go[:, :, :t])
+                gden = ws.get("gden", bb, hh, tp, 1)
+                torch.sum(g * y[b0:b1, h0:h1], -1, keepdim=True, out=gden[:, :, :t])
+                gden[:, :, :t].div_(den).neg_()
+                gden[:, :, :t].masked_fill_(raw.abs() < eps, 0.0)          # clamped: a constant
+                if tp != t:
+                    gden[:, :, t:].zero_()
+                gden = gden.view(r * n, c, 1)
+            else:
+                go[:, :, :t].copy_(g)
+            if tp != t:
+                go[:, :, t:].zero_()
+            go = go.view(r * n, c, e)
+            a = torch.bmm(fq, fk.transpose(1, 2), out=ws.get("a", r * n, c, c)).tril_()
+            kv, ks, prev, zprev = _fused_states(ws, fk, vc, r, n, _rows(s0, b0, b1, h0, h1),
+                                                _rows(z0, b0, b1, h0, h1))
+            # state gradients: gs[n] = dS_final + Σ_{m>n} q_mᵀ go_m (the same for z)
+            ds = torch.bmm(fq.transpose(1, 2), go, out=ws.get("ds", r * n, d, e)).view(r, n, d, e)
+            gs = _scan_(_shift_(ws.get("gs", r, n, d, e), ds, None, reverse=True),
+                        ws.get("gscan", r, n, d, e), reverse=True)
+            if gs_fin is not None:
+                gs += gs_fin[b0:b1, h0:h1].reshape(r, 1, d, e)
+            if ds0 is not None:
+                torch.add(gs[:, 0], ds[:, 0], out=ds0[b0:b1, h0:h1].view(r, d, e))
+            gz = None
+            if gden is not None or gz_fin is not None:
+                dz = ws.get("dz", r, n, d, zero=gden is None)
+                if gden is not None:
+                    torch.bmm(fq.transpose(1, 2), gden, out=dz.view(r * n, d, 1))
+                gz = _scan_(_shift_(ws.get("gz", r, n, d), dz, None, reverse=True),
+                            ws.get("gzscan", r, n, d), reverse=True)
+                if gz_fin is not None:
+                    gz += gz_fin[b0:b1, h0:h1].reshape(r, 1, d)
+                if dz0 is not None:
+                    torch.add(gz[:, 0], dz[:, 0], out=dz0[b0:b1, h0:h1].view(r, d))
+            elif dz0 is not None:
+                dz0[b0:b1, h0:h1] = 0.0
+            gs = gs.view(r * n, d, e)
+            dp = torch.bmm(go, vc.transpose(1, 2), out=ws.get("dp", r * n, c, c))
+            if gden is not None:
+                dp += gden
+            dp.tril_()
+            if need_v:
+                dvb = dv[b0:b1, h0:h1] if tp == t else ws.get("dv", bb, hh, tp, e)
+                dvc = torch.bmm(a.transpose(1, 2), go, out=dvb.view(r * n, c, e)).baddbmm_(fk, gs)
+                if tp != t:
+                    dv[b0:b1, h0:h1] = dvc.view(bb, hh, tp, e)[:, :, :t]
+            dfk = dfq = None
+            if need_k:
+                dkb = dk[b0:b1, h0:h1] if tp == t else ws.get("dk", bb, hh, tp, d)
+                dfk = torch.bmm(dp.transpose(1, 2), fq, out=dkb.view(r * n, c, d))
+                dfk.baddbmm_(vc, gs.transpose(1, 2))
+                if gz is not None:
+                    dfk += gz.view(r * n, 1, d)
+            if need_q:
+                dqb = dq[b0:b1, h0:h1] if tp == t else ws.get("dq", bb, hh, tp, d)
+                dfq = torch.bmm(dp, fk, out=dqb.view(r * n, c, d))
+                dfq.baddbmm_(go, prev.view(r * n, d, e).transpose(1, 2))
+                if gden is not None:
+                    dfq.baddbmm_(gden, zprev.view(r * n, 1, d))
+            # φ' last: it overwrites the feature buffers
+            shape = (bb, hh, tp, d)
+            if dfk is not None:
+                _chain_feature_grad(fmap, fk.view(shape), dfk.view(shape), k[b0:b1, h0:h1], mb, t,
+                                    dk[b0:b1, h0:h1])
+            if dfq is not None:
+                _chain_feature_grad(fmap, fq.view(shape), dfq.view(shape), q[b0:b1, h0:h1], None, t,
+                                    dq[b0:b1, h0:h1])
+        return dq, dk, dv, None, ds0, dz0, None, None, None, None
+
+
+def _rows(x: Optional[Tensor], b0: int, b1: int, h0: int, h1: int) -> Optional[Tensor]:
+    """A (Bb, Hh, ...) block of a state tensor as (Bb·Hh, ...)."""
+    if x is None:
+        return None
+    blk = x[b0:b1, h0:h1]
+    return blk.reshape(-1, *blk.shape[2:])
+
+
+def _chain_feature_grad(fmap, feats: Tensor, dfeat: Tensor, x: Tensor, mask: Optional[Tensor],
+                        t: int, out: Tensor) -> None:
+    """out = dfeat · φ'(x) (· mask), (Bb, Hh, T, D); ``feats`` (the φ buffer) is overwritten."""
+    dfeat = dfeat[:, :, :t]
+    if fmap.derivative_ is not None:
+        deriv = fmap.derivative_(feats[:, :, :t])
+        if deriv is not None:
+            dfeat = dfeat.mul_(deriv)
+        if mask is not None:
+            dfeat = dfeat.mul_(mask)
+        if dfeat.data_ptr() != out.data_ptr():
+            out.copy_(dfeat)
+        return
+    with torch.enable_grad():                   # no derivative given: autograd through φ
+        xb = x.detach().requires_grad_()
+        f = fmap.query(xb)
+        if mask is not None:
+            f = f * mask
+        (grad,) = torch.autograd.grad(f, xb, dfeat)
+    out.copy_(grad)
+
+
+def _fused_supported(fmap: FeatureMap) -> bool:
+    return isinstance(fmap, PointwiseFeatureMap) and fmap.fn_ is not None
+
+
+def _causal_fused(q, k, v, fmap, c, m, s0, z0, normalize, eps):
+    """The fused form on (B, H, T, D) inputs before the feature map; returns (out, S, z)."""
+    return _FusedCausal.apply(q, k, v, m, s0, z0, fmap, c, normalize, eps)
+
+
 def _auto_algorithm(device: torch.device) -> str:
-    # bench-attention on the CPU: the loop over chunks is 1.1-4x slower forward+backward from
-    # T = 512 on (no GPU measured yet); the batched cumsum form is the default everywhere.
-    return "cumsum"
+    # CPU: the fused form (bench-attention: ~2x the cumsum form forward and forward+backward at
+    # T = 8192, which beats the loop over chunks); elsewhere the batched cumsum form (on a GPU the
+    # per-block work is too small to fill the device; no GPU measured yet).
+    return "fused" if device.type == "cpu" else "cumsum"
 
 
 @dataclass
@@ -401,8 +725,9 @@ def linear_attention(
     state (Optional[LinearAttentionState]): causal only: the state after a prefix, so that this
         call continues it (prefill, then ``linear_attention_step``).
     return_state (bool): causal only: also return the state after the last position.
-    algorithm (str): causal only: "cumsum" (batched over chunks), "loop" (loop over chunks) or
-        "auto".
+    algorithm (str): causal only: "fused" (one autograd Function with a hand-written backward,
+        blocked over heads; fp32 / fp64, else "cumsum"), "cumsum" (batched over chunks), "loop"
+        (loop over chunks) or "auto" ("fused" on the CPU, "cumsum" elsewhere).
     RETURNS (Tensor or Tuple[Tensor, LinearAttentionState]): (B, H, T, E) in v's dtype.
     """
     _check_qkv(q, k, v, mask)
@@ -413,8 +738,8 @@ def linear_attention(
         raise AttentionShapeError("state / return_state exist only in the causal form")
     if chunk_size < 1:
         raise AttentionShapeError(f"chunk_size must be >= 1, got {chunk_size}")
-    if algorithm not in ("auto", "cumsum", "loop"):
-        raise AttentionKernelError(f"algorithm must be 'auto', 'cumsum' or 'loop', not {algorithm!r}")
+    if algorithm not in ALGORITHMS:
+        raise AttentionKernelError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
     b, h, t, d = q.shape
     e = v.shape[-1]
     out_dtype = v.dtype
@@ -435,21 +760,32 @@ def linear_attention(
                 q.new_zeros(b, h, d, e, dtype=torch.float32), q.new_zeros(b, h, d, dtype=torch.float32)
             )
             return out.to(out_dtype), st
-        fq = fmap.query(q)
-        fk = fmap.key(k, m)
-        if not causal:
-            out = _noncausal(fq, fk, v, normalize, eps)
-            final = None
-        else:
-            c = min(chunk_size, t)
-            algo = _auto_algorithm(q.device) if algorithm == "auto" else algorithm
-            fn = _causal_cumsum if algo == "cumsum" else _causal_loop
-            s0 = None if state is None else _acc(state.kv)
-            z0 = None if state is None else _acc(state.z)
-            out, s_final, z_final = fn(fq, fk, v, c, s0, z0, normalize, eps)
+        algo = _auto_algorithm(q.device) if algorithm == "auto" else algorithm
+        if causal and algo == "fused" and cd in (torch.float32, torch.float64):
+            # φ inside the fused form when it has an in-place form; else φ first, then identity
+            if not _fused_supported(fmap):
+                q, k, fmap = fmap.query(q), fmap.key(k, m), get_feature_map("identity")
+            s0 = None if state is None else state.kv.to(cd)
+            z0 = None if state is None else state.z.to(cd)
+            out, s_final, z_final = _causal_fused(q, k, v, fmap, min(chunk_size, t), m, s0, z0,
+                                                  normalize, eps)
             final = LinearAttentionState(s_final, z_final)
-        if m is not None:
-            out = out * m
+        else:
+            algo = "cumsum" if algo == "fused" else algo       # half precision on CUDA
+            fq = fmap.query(q)
+            fk = fmap.key(k, m)
+            if not causal:
+                out = _noncausal(fq, fk, v, normalize, eps)
+                final = None
+            else:
+                c = min(chunk_size, t)
+                fn = _causal_cumsum if algo == "cumsum" else _causal_loop
+                s0 = None if state is None else _acc(state.kv)
+                z0 = None if state is None else _acc(state.z)
+                out, s_final, z_final = fn(fq, fk, v, c, s0, z0, normalize, eps)
+                final = LinearAttentionState(s_final, z_final)
+            if m is not None:
+                out = out * m
     out = out.to(out_dtype)
     return (out, final) if return_state else out
 
@@ -595,7 +931,7 @@ class LinearAttention(_Projections):
     bias (bool): biases in the projections.
     kernel (str): "torch" (pure torch, any device) or "fla" (fla-core's chunk_linear_attn; needs
         fla-core and CUDA, causal only, no padding mask inside a row beyond zeroing keys).
-    algorithm (str): "auto", "cumsum" or "loop" (the causal torch form).
+    algorithm (str): "auto", "fused", "cumsum" or "loop" (the causal torch form).
     """
 
     def __init__(

@@ -7,7 +7,9 @@ def test_benchmark_result_table_and_files(tmp_path):
     result = run_attention_benchmark("cpu", [16, 32], batch=1, heads=2, head_dim=8, chunk_size=8, memory=False,
                                      decode_positions=[4, 8], decode_steps=2, budget_s=0.01, max_repeats=1)
     methods = {r["method"] for r in result["rows"]}
-    assert {"kx_causal", "kx_causal_loop", "kx_noncausal", "sdpa_causal", "sdpa_noncausal"} <= methods
+    assert {"kx_causal", "kx_causal_cumsum", "kx_causal_loop", "kx_noncausal", "sdpa_causal",
+            "sdpa_noncausal"} <= methods
+    assert "kx_causal_cumsum_over_kx_causal_forward_backward_ms" in result["summary"]
     assert len(result["rows"]) == 2 * len(methods)
     assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in result["rows"])
     assert result["decode"]["position"] == [4, 8]

@@ -94,7 +94,7 @@ def test_noncausal_matches_reference(fmap, masked):
 
 @pytest.mark.parametrize("fmap", CAUSAL_MAPS)
 @pytest.mark.parametrize("chunk", [1, 4, 8, 19, 64])
-@pytest.mark.parametrize("algorithm", ["cumsum", "loop"])
+@pytest.mark.parametrize("algorithm", ["fused", "cumsum", "loop"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_causal_chunked_matches_reference(fmap, chunk, algorithm, masked):
     q, k, v = qkv(positive=fmap == "identity")           # T = 19: never a multiple of 4 or 8
@@ -136,7 +136,7 @@ def test_recurrent_step_matches_reference(fmap, masked):
 @settings(max_examples=25, deadline=None)
 @given(
     b=st.integers(1, 3), t=st.integers(0, 40), chunk=st.integers(1, 17), seed=st.integers(0, 10_000),
-    masked=st.booleans(), algorithm=st.sampled_from(["cumsum", "loop"]), fmap=st.sampled_from(["elu", "relu"]),
+    masked=st.booleans(), algorithm=st.sampled_from(["fused", "cumsum", "loop"]), fmap=st.sampled_from(["elu", "relu"]),
 )
 def test_property_causal_and_noncausal(b, t, chunk, seed, masked, algorithm, fmap):
     q, k, v = qkv(b=b, h=2, t=t, d=4, e=3, seed=seed)
@@ -160,11 +160,77 @@ def test_gradients_match_reference():
 
 def test_gradcheck_double_chunked():
     q, k, v = (x.double().requires_grad_() for x in qkv(b=1, h=1, t=7, d=3, e=2))
-    for algorithm in ("cumsum", "loop"):
+    for algorithm in ("fused", "cumsum", "loop"):
         assert torch.autograd.gradcheck(
             lambda a, b_, c: linear_attention(a, b_, c, causal=True, chunk_size=3, algorithm=algorithm),
             (q, k, v),
         )
+
+
+@pytest.fixture(params=[1 << 19, 40], ids=["one-block", "many-blocks"])
+def fused_blocks(request, monkeypatch):
+    """The fused form with every row in one block, and with blocks of one or two rows."""
+    import kx_spacy.models.linear_attention as la
+
+    monkeypatch.setattr(la, "_FUSED_BLOCK_FLOATS", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("fmap", CAUSAL_MAPS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fused_gradients_match_reference(fused_blocks, fmap, normalize):
+    q, k, v = (x.requires_grad_() for x in qkv(t=13, positive=fmap == "identity"))
+    mask = torch.rand(2, 13, generator=torch.Generator().manual_seed(5)) > 0.3
+    out = linear_attention(q, k, v, feature_map=fmap, causal=True, mask=mask, chunk_size=4,
+                           normalize=normalize, algorithm="fused")
+    grads = torch.autograd.grad((out * torch.cos(out)).sum(), (q, k, v))
+    q2, k2, v2 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference(q2, k2, v2, fmap, True, mask, normalize=normalize)
+    assert_close(out, ref, tol=TOL if normalize else 5e-5)
+    refs = torch.autograd.grad((ref * torch.cos(ref)).sum(), (q2, k2, v2))
+    for g, r in zip(grads, refs):            # relative: unnormalised gradients reach ~1e3
+        assert_close(g, r, tol=1e-4 * max(1.0, r.abs().max().item()))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fused_gradcheck_with_mask_and_states(fused_blocks, normalize):
+    from kx_spacy.models.linear_attention import LinearAttentionState
+
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (x.double().requires_grad_() for x in qkv(b=2, h=2, t=7, d=3, e=2))
+    s0 = torch.rand(2, 2, 3, 2, generator=g, dtype=torch.float64).requires_grad_()
+    z0 = (torch.rand(2, 2, 3, generator=g, dtype=torch.float64) + 1.0).requires_grad_()
+    mask = torch.tensor([[True, True, False, True, True, True, False], [False] + [True] * 6])
+
+    def run(q, k, v, s0, z0):
+        out, st = linear_attention(q, k, v, causal=True, mask=mask, chunk_size=3, normalize=normalize,
+                                   state=LinearAttentionState(s0, z0), return_state=True,
+                                   algorithm="fused")
+        return out, st.kv, st.z
+
+    assert torch.autograd.gradcheck(run, (q, k, v, s0, z0))
+
+
+def test_fused_matches_cumsum_on_strided_inputs_and_custom_maps(fused_blocks):
+    from kx_spacy.models.linear_attention import PointwiseFeatureMap
+
+    # (B, T, H, D) projections seen as (B, H, T, D), as the modules pass them
+    x = torch.randn(2, 21, 3, 8, generator=torch.Generator().manual_seed(7))
+    q, k, v = x.transpose(1, 2), (0.5 * x).transpose(1, 2), x[..., :5].transpose(1, 2)
+    for fmap in ("elu", PointwiseFeatureMap("softplus", F.softplus, lambda t: t.copy_(F.softplus(t)))):
+        ref = reference(q, k, v, "elu", True) if fmap == "elu" else None
+        out = linear_attention(q, k, v, feature_map=fmap, causal=True, chunk_size=8, algorithm="fused")
+        if ref is None:         # no derivative given: φ' from autograd; compare with cumsum
+            qg, kg = q.clone().requires_grad_(), k.clone().requires_grad_()
+            a = linear_attention(qg, kg, v, feature_map=fmap, causal=True, chunk_size=8, algorithm="fused")
+            ga = torch.autograd.grad(a.sum(), (qg, kg))
+            b = linear_attention(qg, kg, v, feature_map=fmap, causal=True, chunk_size=8, algorithm="cumsum")
+            gb = torch.autograd.grad(b.sum(), (qg, kg))
+            assert_close(a, b)
+            for x1, x2 in zip(ga, gb):
+                assert_close(x1, x2, tol=1e-4)
+        else:
+            assert_close(out, ref)
 
 
 # ---------------------------------------------------------------- bad input: defined or clear errors

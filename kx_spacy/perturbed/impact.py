@@ -69,7 +69,10 @@ Distance = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 MODES = ("kx", "official")
 SCORE_MODES = ("kx", "official", "raw", "symmetric", "symmetric_prior")
-ROOT_STRATEGIES = ("root_row", "in_degree", "out_degree", "centrality")
+ROOT_STRATEGIES = ("root_row", "in_degree", "out_degree", "centrality", "scored")
+# the features a scored root predictor weighs (see ``root_features``)
+ROOT_FEATURES = ("centrality", "in_degree", "out_degree", "root_row", "masking_effect",
+                 "log_position", "log_length", "log_piece_rank")
 
 
 # ------------------------------------------------------------------- registered choices
@@ -746,7 +749,158 @@ def _is_punct(word: str) -> bool:
     return bool(word) and all(unicodedata.category(c)[0] in "PS" for c in word)
 
 
-def predict_root(M: numpy.ndarray, strategy: str = "centrality", words: Optional[Sequence[str]] = None) -> int:
+def _z(values: numpy.ndarray) -> numpy.ndarray:
+    values = numpy.asarray(values, dtype="float64")
+    spread = values.std()
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
+def _centrality(W: numpy.ndarray) -> numpy.ndarray:
+    n = W.shape[0]
+    S = W + W.T
+    vec = numpy.ones(n) / n
+    for _ in range(100):
+        nxt = S @ vec
+        norm = numpy.linalg.norm(nxt)
+        if norm == 0:
+            break
+        nxt /= norm
+        if numpy.abs(nxt - vec).max() < 1e-10:
+            vec = nxt
+            break
+        vec = nxt
+    return vec
+
+
+def root_features(
+    M: numpy.ndarray,
+    words: Optional[Sequence[str]] = None,
+    *,
+    piece_ranks: Optional[Sequence[int]] = None,
+    effects: Optional[Sequence[float]] = None,
+) -> Dict[str, numpy.ndarray]:
+    """Per-word root features of one sentence (no gold, no training), each a length-n vector.
+
+    From the impacts (z-scored within the sentence): "centrality" (eigenvector centrality of
+    the symmetrised word graph), "in_degree" (``sum_i M[i, j]``: masking j moves the others),
+    "out_degree" (``sum_j M[i, j]``), "root_row" (``M[0, j]``: masking j moves [CLS]),
+    "masking_effect" (``masking_effects``: masking j moves the rest of the sentence; only when
+    ``effects`` is given). From the words: "log_position" (log of the 1-based position),
+    "log_length" (log of the word's characters; needs ``words``) and "log_piece_rank" (log of
+    the id of the word's first sub-word piece; WordPiece / BPE / the character vocabularies
+    of ``pretrain-mlm`` are ordered by corpus frequency, so a low id is a frequent, usually
+    function, word; only when ``piece_ranks`` is given).
+
+    M (numpy.ndarray): (n + 1, n + 1) impacts.
+    words (Sequence[str] or None): the n words.
+    piece_ranks (Sequence[int] or None): per word, its first piece id (0 for no piece).
+    effects (Sequence[float] or None): per word, its masking effect.
+    RETURNS (Dict[str, numpy.ndarray]): feature name -> n values.
+    """
+    M = numpy.asarray(M, dtype="float64")
+    n = M.shape[0] - 1
+    W = M[1:, 1:].copy()
+    numpy.fill_diagonal(W, 0.0)
+    out = {
+        "centrality": _z(_centrality(W)),
+        "in_degree": _z(W.sum(axis=0)),
+        "out_degree": _z(W.sum(axis=1)),
+        "root_row": _z(M[0, 1:]),
+        "log_position": numpy.log(numpy.arange(1, n + 1, dtype="float64")),
+    }
+    for name, given in (("words", words), ("piece_ranks", piece_ranks), ("effects", effects)):
+        if given is not None and len(given) != n:
+            raise KxError(f"root_features: {len(given)} {name} for a matrix of {n} words.")
+    if words is not None:
+        out["log_length"] = numpy.log([max(len(w.strip()), 1) for w in words])
+    if piece_ranks is not None:
+        out["log_piece_rank"] = numpy.log(numpy.maximum(numpy.asarray(piece_ranks, dtype="float64"), 1.0))
+    if effects is not None:
+        out["masking_effect"] = _z(effects)
+    return out
+
+
+class ScoredRoot:
+    """Root predictor: the non-punctuation word with the highest weighted sum of
+    ``root_features`` (weights from ``kx_spacy.ScoredRoot.v1``). ``needs`` names the extra
+    inputs the weights use ("piece_ranks", "effects"), which ``kx_parser`` then computes."""
+
+    name = "scored"
+
+    def __init__(self, weights: Dict[str, float]):
+        unknown = [k for k in weights if k not in ROOT_FEATURES]
+        if unknown:
+            raise KxError(f"ScoredRoot: unknown features {unknown}; choose from {list(ROOT_FEATURES)}.")
+        bad = [k for k, v in weights.items() if not numpy.isfinite(float(v))]
+        if bad:
+            raise KxError(f"ScoredRoot: weights must be finite numbers; got {[weights[k] for k in bad]} for {bad}.")
+        self.weights = {k: float(v) for k, v in weights.items() if float(v) != 0.0}
+        if not self.weights:
+            raise KxError("ScoredRoot: every weight is 0; give at least one feature a weight.")
+        self.needs = tuple(need for feat, need in (("log_piece_rank", "piece_ranks"), ("masking_effect", "effects"),
+                                                   ("log_length", "words")) if feat in self.weights)
+
+    def __call__(self, M, words=None, *, piece_ranks=None, effects=None) -> int:
+        M = numpy.asarray(M, dtype="float64")
+        n = M.shape[0] - 1
+        if n <= 1:
+            return max(n, 0)
+        given = {"piece_ranks": piece_ranks, "effects": effects, "words": words}
+        missing = [k for k in self.needs if given[k] is None]
+        if missing:
+            raise KxError(f"ScoredRoot: the weights use {missing}, which were not given.")
+        feats = root_features(M, words, piece_ranks=piece_ranks, effects=effects)
+        score = sum(w * feats[k] for k, w in self.weights.items())
+        return _best_word(score, words)
+
+
+def _best_word(values, words) -> int:
+    values = numpy.array(values, dtype="float64")
+    if words is not None:
+        punct = numpy.array([_is_punct(w) for w in words])
+        if not punct.all():
+            values[punct] = -numpy.inf
+    return int(numpy.argmax(values)) + 1
+
+
+# tuned on EWT dev sentences of <= 10 words (all 1,174) with MiniLM, see the module notes
+DEFAULT_ROOT_WEIGHTS = {"log_position": -1.0, "log_length": 1.0, "log_piece_rank": 0.5}
+
+
+@registry.misc("kx_spacy.ScoredRoot.v1")
+def make_scored_root(
+    centrality: float = 0.0,
+    in_degree: float = 0.0,
+    out_degree: float = 0.0,
+    root_row: float = 0.0,
+    masking_effect: float = 0.0,
+    log_position: float = DEFAULT_ROOT_WEIGHTS["log_position"],
+    log_length: float = DEFAULT_ROOT_WEIGHTS["log_length"],
+    log_piece_rank: float = DEFAULT_ROOT_WEIGHTS["log_piece_rank"],
+) -> ScoredRoot:
+    """A root predictor weighing ``root_features`` (see ``ScoredRoot``); the defaults are the
+    weights chosen on EWT dev.
+
+    centrality / in_degree / out_degree / root_row / masking_effect (float): weights of the
+        z-scored impact features.
+    log_position (float): weight of log(position) (negative: earlier words are preferred).
+    log_length (float): weight of log(characters).
+    log_piece_rank (float): weight of log(first piece id) (positive: rarer words preferred).
+    RETURNS (ScoredRoot): ``predict(M, words, piece_ranks=..., effects=...) -> root``.
+    """
+    return ScoredRoot({"centrality": centrality, "in_degree": in_degree, "out_degree": out_degree,
+                       "root_row": root_row, "masking_effect": masking_effect, "log_position": log_position,
+                       "log_length": log_length, "log_piece_rank": log_piece_rank})
+
+
+def predict_root(
+    M: numpy.ndarray,
+    strategy: Union[str, Callable] = "centrality",
+    words: Optional[Sequence[str]] = None,
+    *,
+    piece_ranks: Optional[Sequence[int]] = None,
+    effects: Optional[Sequence[float]] = None,
+) -> int:
     """Predict which word hangs from ROOT, from the impact matrix (and the word strings).
 
     On EWT dev sentences of <= 10 words with MiniLM (last layer), the gold root was found
@@ -756,23 +910,34 @@ def predict_root(M: numpy.ndarray, strategy: str = "centrality", words: Optional
     M (numpy.ndarray): (n + 1, n + 1) impacts.
     words (Sequence[str] or None): the n words; when given, words made only of
         punctuation / symbols are not candidates (unless every word is).
-    strategy (str):
+    strategy (str or callable):
         "root_row": the word whose masking moves [CLS] most (``argmax M[0, 1:]``), the
         paper's predicted root.
         "in_degree": the word whose masking moves all the other words most
         (``argmax_j sum_i M[i, j]``).
         "out_degree": the word moved most by masking the others (``argmax_i sum_j M[i, j]``).
         "centrality": eigenvector centrality of the symmetrised word graph.
+        "scored": ``ScoredRoot`` with ``DEFAULT_ROOT_WEIGHTS`` (needs ``words`` and
+        ``piece_ranks``).
+        A callable (a ``ScoredRoot``): called as ``strategy(M, words, piece_ranks=...,
+        effects=...)``.
+    piece_ranks (Sequence[int] or None): per word, its first piece id (``root_features``).
+    effects (Sequence[float] or None): per word, its masking effect (``masking_effects``).
     RETURNS (int): the root word in 1..n; 0 for an empty sentence (n = 0).
     """
     M = numpy.asarray(M, dtype="float64")
     if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] < 1:
         raise KxError(f"An impact matrix is square (n+1, n+1); got shape {M.shape}.")
     n = M.shape[0] - 1
+    if words is not None and len(words) != n:
+        raise KxError(f"predict_root: {len(words)} words for a matrix of {n} words.")
     if n == 0:
         return 0
     if n == 1:
         return 1
+    if callable(strategy) or strategy == "scored":
+        predictor = strategy if callable(strategy) else ScoredRoot(DEFAULT_ROOT_WEIGHTS)
+        return int(predictor(M, words, piece_ranks=piece_ranks, effects=effects))
     W = M[1:, 1:].copy()
     numpy.fill_diagonal(W, 0.0)
     if strategy == "root_row":
@@ -782,26 +947,12 @@ def predict_root(M: numpy.ndarray, strategy: str = "centrality", words: Optional
     elif strategy == "out_degree":
         values = W.sum(axis=1)
     elif strategy == "centrality":
-        S = W + W.T
-        vec = numpy.ones(n) / n
-        for _ in range(100):
-            nxt = S @ vec
-            norm = numpy.linalg.norm(nxt)
-            if norm == 0:
-                break
-            nxt /= norm
-            if numpy.abs(nxt - vec).max() < 1e-10:
-                vec = nxt
-                break
-            vec = nxt
-        values = vec
+        values = _centrality(W)
     else:
         raise KxError(f"Unknown root strategy {strategy!r}; choose one of {ROOT_STRATEGIES}.")
-    values = numpy.array(values, dtype="float64")
-    if words is not None:
-        if len(words) != n:
-            raise KxError(f"predict_root: {len(words)} words for a matrix of {n} words.")
-        punct = numpy.array([_is_punct(w) for w in words])
-        if not punct.all():
-            values[punct] = -numpy.inf
-    return int(numpy.argmax(values)) + 1
+    return _best_word(values, words)
+
+
+def root_strategy_name(strategy: Union[str, Callable]) -> str:
+    """The name ``doc._.kx_parse`` and the reports give a root strategy."""
+    return strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)

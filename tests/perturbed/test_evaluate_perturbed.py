@@ -75,7 +75,7 @@ def oracle_engine(sentences):
         S[0, 1:] = M[0, 1:]
         return S
 
-    def predict_root(M, strategy, words=None):
+    def predict_root(M, strategy, words=None, piece_ranks=None):
         return int(numpy.argmax(M[0, 1:])) + 1
 
     return SimpleNamespace(compute_impacts=compute_impacts, impact_to_scores=impact_to_scores,
@@ -280,3 +280,24 @@ def test_cli_commands_write_metrics(tmp_path, conllu_path, tiny_mlm_dir):
     assert seg["lines"] == 1 and seg["gold_words"] == 5
     # threshold 0 joins every scored pair; punctuation stays apart -> '共同创造美好的' + '。'
     assert seg["pred_words"] == 2 and seg["correct"] == 1
+
+
+def test_load_impacts_checks_the_sentence_count(conllu_path, tmp_path):
+    from kx_spacy.cli.evaluate_perturbed import _load_impacts
+
+    sents = read_conllu(conllu_path)
+    evaluate_parser(sents, backbone=None, scorings=("kx",), root_strategy="root_row", progress=False,
+                    engine=oracle_engine(sents), save_impacts=tmp_path / "m.npz")
+    loaded = _load_impacts(tmp_path / "m.npz", len(sents))
+    assert list(loaded) == ["kx"] and len(loaded["kx"]) == 4
+    engine = oracle_engine(sents)
+    engine.compute_impacts = None  # never called: the loaded matrices are decoded
+    engine.precomputed = loaded
+    again = evaluate_parser(sents, backbone=None, scorings=("kx",), root_strategy="root_row", progress=False,
+                            engine=engine)
+    assert _row(again, "eisner", "kx", "gold")["uas"] == 1.0
+    with pytest.raises(KxError, match="--max-words"):
+        _load_impacts(tmp_path / "m.npz", 3)
+    engine.precomputed = {"official": loaded["kx"]}
+    with pytest.raises(KxError, match="no 'kx' matrices"):
+        evaluate_parser(sents, backbone=None, scorings=("kx",), progress=False, engine=engine)

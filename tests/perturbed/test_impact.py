@@ -250,3 +250,69 @@ def test_benchmark_runs_and_agrees_with_the_loop(backbone):
     assert official["max_abs_diff"] < 1e-5 and official["head_agreement"] == 1.0
     assert all(r["sent_per_s"] > 0 for r in result["rows"])
     assert "speed-up" in format_table(result)
+
+
+def test_several_layer_selections_from_one_pass_equal_separate_runs(backbone):
+    from kx_spacy.perturbed.impact import compute_impacts_layers
+
+    sents = [["the", "cat", "sat", "on", "it"], ["x"], [], ["ab", "c"]]
+    sets = [1, -1, [1, 2]]
+    for mode in ("kx", "official"):
+        multi = compute_impacts_layers(backbone, sents, sets, mode=mode)
+        assert len(multi) == 3
+        for k, sel in enumerate(sets):
+            single = compute_impacts(backbone, sents, mode=mode, layers=sel)
+            for a, b in zip(multi[k], single):
+                assert a.shape == b.shape and numpy.allclose(a, b, atol=1e-6)
+        assert not numpy.allclose(multi[0][0], multi[1][0])  # the layers differ
+    with pytest.raises(KxError):
+        compute_impacts_layers(backbone, sents, [])
+
+
+def test_masking_effects(backbone):
+    from kx_spacy.perturbed.impact import masking_effects
+
+    eff = masking_effects(backbone, [["the", "cat", "sat"], ["x"], [], ["a", " ", "b"]])
+    assert [e.shape for e in eff] == [(3,), (1,), (0,), (3,)]
+    assert (eff[0] > 0).all() and eff[1][0] == 0.0
+    assert eff[3][1] == 0.0 and eff[3][0] > 0  # a word without pieces has no effect
+    again = masking_effects(backbone, [["x"], ["the", "cat", "sat"]])
+    assert numpy.allclose(again[1], eff[0], atol=1e-6)  # batching does not change results
+    with pytest.raises(KxError):
+        masking_effects(backbone, [["a", 3]])
+
+
+def test_scored_root_prefers_early_long_rare_words_and_checks_its_inputs():
+    from kx_spacy.perturbed.impact import ScoredRoot, make_scored_root, root_features
+
+    M = numpy.zeros((5, 5))
+    words = ["I", "watched", "the", "."]
+    ranks = [1045, 3427, 1996, 1012]
+    default = make_scored_root()
+    assert default.needs == ("piece_ranks", "words")
+    assert predict_root(M, default, words, piece_ranks=ranks) == 2
+    assert predict_root(M, "scored", words, piece_ranks=ranks) == 2
+    # position alone: the first word; punctuation never, unless every word is
+    assert predict_root(M, ScoredRoot({"log_position": -1.0}), words) == 1
+    assert predict_root(M, ScoredRoot({"log_position": 1.0}), words) == 3
+    # an impact feature: masking word 3 moves every other word
+    M2 = M.copy()
+    M2[1:, 3] = 1.0
+    M2[3, 3] = 0.0
+    assert predict_root(M2, ScoredRoot({"in_degree": 1.0}), words) == 3
+    feats = root_features(M2, words, piece_ranks=ranks, effects=[0.1, 0.2, 0.3, 0.4])
+    assert set(feats) == {"centrality", "in_degree", "out_degree", "root_row", "masking_effect",
+                          "log_position", "log_length", "log_piece_rank"}
+    assert all(v.shape == (4,) for v in feats.values())
+    with pytest.raises(KxError, match="piece_ranks"):
+        predict_root(M, default, words)
+    with pytest.raises(KxError, match="unknown features"):
+        ScoredRoot({"verbness": 1.0})
+    with pytest.raises(KxError, match="every weight is 0"):
+        make_scored_root(log_position=0.0, log_length=0.0, log_piece_rank=0.0)
+    with pytest.raises(KxError, match="finite"):
+        ScoredRoot({"centrality": float("nan")})
+    with pytest.raises(KxError):
+        root_features(M, words, piece_ranks=[1, 2])
+    assert predict_root(numpy.zeros((1, 1)), default) == 0
+    assert predict_root(numpy.zeros((2, 2)), default, ["a"]) == 1

@@ -203,3 +203,31 @@ def test_max_sentence_words_is_checked(tiny_mlm_dir, bad):
     nlp = make_pipeline("en", tiny_mlm_dir)
     with pytest.raises(Exception, match="max_sentence_words"):  # KxError, or spaCy's config validation
         nlp.add_pipe("kx_parser", config={"max_sentence_words": bad})
+
+
+def test_root_strategy_default_block_and_the_old_strings(tiny_mlm_dir):
+    from kx_spacy.perturbed.impact import ScoredRoot
+    from kx_spacy.testing import make_pipeline
+
+    nlp = make_pipeline("en", tiny_mlm_dir)
+    pipe = nlp.add_pipe("kx_parser")
+    assert isinstance(pipe.root_strategy, ScoredRoot)  # the registered default
+    assert nlp.config["components"]["kx_parser"]["root_strategy"]["@misc"] == "kx_spacy.ScoredRoot.v1"
+    doc = nlp("I watched the movie .")
+    assert doc._.kx_parse["root_strategy"] == "scored"
+    assert_one_tree_per_sentence(doc)
+    # the weights are settable from the config; position alone picks the first word
+    nlp2 = make_pipeline("en", tiny_mlm_dir)
+    nlp2.add_pipe("kx_parser", config={"root_strategy": {
+        "@misc": "kx_spacy.ScoredRoot.v1", "log_position": -1.0, "log_length": 0.0, "log_piece_rank": 0.0,
+        "masking_effect": 0.5}})
+    doc2 = nlp2("I watched the movie .")
+    assert doc2._.kx_parse["sentences"][0]["root"] in range(len(doc2))
+    nlp3 = make_pipeline("en", tiny_mlm_dir)
+    nlp3.add_pipe("kx_parser", config={"root_strategy": {
+        "@misc": "kx_spacy.ScoredRoot.v1", "log_position": -1.0, "log_length": 0.0, "log_piece_rank": 0.0}})
+    assert nlp3("I watched the movie .")._.kx_parse["sentences"][0]["root"] == 0
+    # the former default stays selectable by name
+    nlp4 = make_pipeline("en", tiny_mlm_dir)
+    nlp4.add_pipe("kx_parser", config={"root_strategy": "centrality"})
+    assert nlp4("I watched the movie .")._.kx_parse["root_strategy"] == "centrality"

@@ -145,6 +145,8 @@ def finetune_generator_mgs_cli(
     resume: bool = typer.Option(False, help="Continue an interrupted single run from its checkpoint."),
     max_minutes: Optional[float] = typer.Option(None, help="Time budget of a run (with --compare: of every "
                                                 "run, equal wall-clock; --steps is then only a cap)."),
+    clock: str = typer.Option("wall", help="What --max-minutes counts: wall, or process (CPU seconds of this "
+                              "process: equal compute on a loaded machine)."),
     threads: int = typer.Option(2, help="torch threads on a CPU."),
     output: Optional[Path] = typer.Option(None, help="Write the result JSON here (metrics/...)."),
 ):
@@ -175,7 +177,7 @@ def finetune_generator_mgs_cli(
         result = compare_generator_methods(
             model, train_pairs, read_pairs(test, limit=eval_limit), output_dir,
             methods=[m for m in methods.split(",") if m.strip()], seeds=[int(s) for s in seeds.split(",")],
-            task_loss=task_loss, steps=steps, max_minutes=max_minutes, lr=lr, batch_size=batch_size,
+            task_loss=task_loss, steps=steps, max_minutes=max_minutes, clock=clock, lr=lr, batch_size=batch_size,
             config_overrides=overrides, progress=show,
         )
         typer.echo(_generator_tables(result["summary"]))
@@ -185,7 +187,7 @@ def finetune_generator_mgs_cli(
         result = finetune_generator(
             model, train_pairs, output_dir, config=MGSConfig(method=method, seed=seed, **overrides),
             task_loss=task_loss, dev_pairs=read_pairs(dev, limit=eval_limit) if dev else None, steps=steps,
-            lr=lr, batch_size=batch_size, seed=seed, resume=resume, max_minutes=max_minutes,
+            lr=lr, batch_size=batch_size, seed=seed, resume=resume, max_minutes=max_minutes, clock=clock,
             eval_every=max(1, steps // 4) if dev else 0,
         )
         cost = result["cost"]

@@ -433,6 +433,7 @@ def finetune_generator(
     seed: int = 0,
     resume: bool = False,
     max_minutes: Optional[float] = None,
+    clock: str = "wall",
     eval_every: int = 0,
     progress: bool = True,
     name: str = "kx_generator",
@@ -447,6 +448,8 @@ def finetune_generator(
         fine-tuned pipeline is saved to ``<output_dir>/model``.
     config (MGSConfig): method and settings. task_loss: see :func:`resolve_task_loss`.
     steps, lr (Adam), batch_size, seed, resume, max_minutes, eval_every: the engine run.
+    clock (str): what ``max_minutes`` counts: "wall" or "process" (this process's CPU time: on
+        a loaded machine, the compute a run really got; see kx_spacy.training.TrainingConfig).
     encoded: pre-encoded (train, dev) data (skips the encoder pass).
     save (bool): save the fine-tuned pipeline to ``<output_dir>/model``.
     RETURNS (Dict[str, Any]): the engine result, cost per update, and the saved model path.
@@ -475,7 +478,7 @@ def finetune_generator(
     if model_path.exists():
         identity["model"] = file_identity(model_path / name / "model") if (model_path / name / "model").exists() \
             else str(model_path.resolve())
-    train_cfg = TrainingConfig(max_steps=steps, max_time_minutes=max_minutes, clip_mode=config.clip_mode,
+    train_cfg = TrainingConfig(max_steps=steps, max_time_minutes=max_minutes, clock=clock, clip_mode=config.clip_mode,
                                clip_threshold=config.clip_threshold, precision="fp32", seed=seed,
                                progress=progress, checkpoint_every=max(1, steps // 4), eval_every=eval_every,
                                max_bad_steps=50, desc=f"finetune-{config.method}",
@@ -527,6 +530,7 @@ def compare_generator_methods(
     task_loss: str = "chrf",
     steps: int = 100,
     max_minutes: Optional[float] = None,
+    clock: str = "wall",
     lr: float = 1e-4,
     batch_size: int = 32,
     config_overrides: Optional[Dict[str, Any]] = None,
@@ -537,7 +541,8 @@ def compare_generator_methods(
 
     Encodes the data once; every fine-tune starts from the saved pipeline's decoder weights.
     steps / max_minutes: every run's budget: ``steps`` updates, or with ``max_minutes`` equal
-        wall-clock (each run trains that long; ``steps`` is then only a cap).
+        wall-clock (each run trains that long; ``steps`` is then only a cap); clock: "wall" or
+        "process" (equal CPU time, fairer on a loaded machine).
     RETURNS (Dict[str, Any]): {"settings", "runs", "summary": {method: {metric: (mean, sd)}}};
         every run row has the held-out figures and its cost (``cost_*``: updates, wall-clock
         and decodes / decoder passes per update, weight copies held, peak RSS).
@@ -566,7 +571,7 @@ def compare_generator_methods(
             cfg = MGSConfig(method=method, seed=seed, **(config_overrides or {}))
             out = finetune_generator(model_path, [], Path(output_dir) / f"{method}_{seed}", config=cfg,
                                      task_loss=loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-                                     max_minutes=max_minutes, progress=False, name=name, nlp=nlp,
+                                     max_minutes=max_minutes, clock=clock, progress=False, name=name, nlp=nlp,
                                      encoded=(train, None), save=False)
             row = {"method": method, "seed": seed}
             row.update(decoder_scores(pipe, pipe.decoder, test, task_loss=loss_fn))
@@ -580,6 +585,6 @@ def compare_generator_methods(
 
     summary = summarize(runs)
     settings = {"model": str(model_path), "methods": list(methods), "seeds": list(seeds), "task_loss": task_loss,
-                "steps": steps, "max_minutes": max_minutes, "lr": lr, "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
+                "steps": steps, "max_minutes": max_minutes, "clock": clock, "lr": lr, "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
                 "config_overrides": dict(config_overrides or {})}
     return {"settings": settings, "runs": runs, "summary": summary}

@@ -119,3 +119,37 @@ def test_batched_candidate_decodes_match_decoding_each_weight_set(saved_pipeline
     assert [[h.ids for h in hyps] for hyps in got] == [[h.ids for h in hyps] for hyps in expected]
     assert [[h.stopped_by for h in hyps] for hyps in got] == [[h.stopped_by for h in hyps] for hyps in expected]
     assert [h.ids for h in got[1]] != [h.ids for h in got[0]] or [h.ids for h in got[2]] != [h.ids for h in got[0]]
+
+
+@pytest.mark.slow
+def test_cli_single_run_compare_and_summary(saved_pipeline, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kx_spacy.cli import app
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{s}\t{t}\n" for s, t in PAIRS), encoding="utf-8")
+    runner = CliRunner()
+    common = ["--parameters", "output.*", "--num-candidates", "2", "--batch-size", "2", "--threads", "1"]
+    res = runner.invoke(app, ["finetune-generator-mgs", str(saved_pipeline), str(pairs), str(tmp_path / "one"),
+                              "--steps", "2", "--output", str(tmp_path / "one.json")] + common)
+    assert res.exit_code == 0, res.output
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one["updates"] == 2 and one["cost"]["passes"] == 1.0  # K=2 and the current model: one pass
+    assert 1.0 < one["cost"]["model_copies"] < 2.0 and "decoder passes" in res.output
+    res = runner.invoke(app, ["finetune-generator-mgs", str(saved_pipeline), str(pairs), str(tmp_path / "cmp"),
+                              "--compare", "--test", str(pairs), "--methods", "mle,mgs", "--seeds", "0",
+                              "--steps", "1000", "--max-minutes", "0.02", "--clock", "process",
+                              "--output", str(tmp_path / "c.json")] + common)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c.json").read_text())["settings"]["clock"] == "process"
+    runs = json.loads((tmp_path / "c.json").read_text())["runs"]
+    assert [r["method"] for r in runs] == ["start", "mle", "mgs"]
+    assert all(1 <= r["cost_updates"] < 1000 for r in runs[1:])  # stopped by the time budget
+    res = runner.invoke(app, ["mgs-summary", str(tmp_path / "c.json"), "--output", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert "delta_task_loss" in res.output and "cost_wall_per_update" in res.output
+    summary = json.loads((tmp_path / "s.json").read_text())["summary"]
+    assert set(summary) == {"start", "mle", "mgs"} and "delta_task_loss" in summary["mgs"]

@@ -2,7 +2,8 @@
 
 The encoder (the shared transformer) is frozen: every pair's source is encoded once and its
 token vectors (the generator's listener output) are kept, so an update costs decoder passes
-only — K + 1 greedy decodes for MGS. What is trained is the pipe's torch decoder
+only — K + 1 greedy decodes for MGS, batched into fewer decoder passes when the subset is the
+output layer (``GeneratorSequenceTask.decode_candidates``). What is trained is the pipe's torch decoder
 (``pipe.decoder``), optionally only a parameter subset (name patterns, e.g. the output layer).
 The run is a :class:`kx_spacy.training.Trainer` run (checkpoints, resume, metrics log, NaN
 guard); the updated decoder is written back into the pipeline, which is saved with

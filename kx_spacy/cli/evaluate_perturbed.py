@@ -339,7 +339,7 @@ def evaluate_parser_cli(
     limit: int = typer.Option(0, help="At most this many sentences (after --max-words; 0 = all)."),
     layers: str = typer.Option("-1", help="Hidden layer index, or comma-separated indices to average."),
     distance: str = typer.Option("euclidean", help="Impact distance: euclidean, cosine, manhattan."),
-    root_strategy: str = typer.Option("centrality", help="Root predictor: root_row, in_degree, out_degree, centrality, scored."),
+    root_strategy: str = typer.Option("scored", help="Root predictor of the pred rows: scored (kx_parser's default, kx_spacy.ScoredRoot.v1 with its default weights), centrality, root_row, in_degree, out_degree."),
     scorings: str = typer.Option(",".join(DEFAULT_SCORINGS), help=f"Comma-separated rows from {list(SCORINGS)}."),
     layer_sets: Optional[str] = typer.Option(None, help="Several layer selections scored from ONE pass over the masked inputs, separated by ';' (e.g. '1;2;3;4;1,2,3,4'); overrides --layers."),
     load_impacts: Optional[Path] = typer.Option(None, help="Decode the matrices a --save-impacts run wrote (same file, --max-words and --limit) instead of running the encoder."),

@@ -53,6 +53,8 @@ def _methods(device: str, chunk_size: int) -> Dict[str, Callable]:
         "sdpa_causal": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
         "sdpa_noncausal": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
     }
+    if device == "cuda":
+        del methods["kx_causal_cumsum"]         # "auto" is the cumsum form there
     if device == "cuda" and fla_available():
         from .linear_attention import _fla_causal
 

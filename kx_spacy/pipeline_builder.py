@@ -66,7 +66,7 @@ def save_pipeline(nlp, output: Union[str, Path], *, name: str, version: str = "0
     return output
 
 
-def listening_components(proc) -> List[str]:
+def listener_upstreams(proc) -> List[str]:
     """Names of the transformers a component's listeners name as upstream ("*" = any)."""
     from spacy_transformers.layers import TransformerListener
 
@@ -89,7 +89,7 @@ def check_listeners(nlp) -> Dict[str, str]:
 
     attached: Dict[str, str] = {}
     for name, proc in nlp.pipeline:
-        if not listening_components(proc):
+        if not listener_upstreams(proc):
             continue
         owners = []
         for node in proc.model.walk():
@@ -109,7 +109,9 @@ def _transformer_signature(nlp, name: str) -> dict:
     """What a listener's outputs depend on: settings (but the model's name or path) and weights."""
     config = nlp.config.interpolate()["components"][name]
     model = {k: v for k, v in config["model"].items() if k != "name"}
-    state = nlp.get_pipe(name).model.transformer.state_dict()
+    # the pooler never reaches a listener (it reads the last hidden states) and is freshly
+    # initialised whenever the checkpoint has none (an MLM's): not part of the signature
+    state = {k: v for k, v in nlp.get_pipe(name).model.transformer.state_dict().items() if not k.startswith("pooler.")}
     return {"config": model, "state": state, "vocab": nlp.get_pipe(name).model.tokenizer.get_vocab()}
 
 
@@ -166,6 +168,8 @@ def assemble_pipeline(config_path: Union[str, Path], overrides: Optional[Dict[st
             continue
         source = str(sourced[name]["source"])
         source_trf = sourced[name].get("component", name)
+        if str(sourced.get(trf, {}).get("source")) == source:
+            continue  # the transformer comes from the same trained pipeline (then its listener is this one's)
         src = spacy.load(source)
         upstream = [t for t, pipe in src.pipeline if source_trf in getattr(pipe, "listening_components", [])]
         if len(upstream) != 1:

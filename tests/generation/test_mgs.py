@@ -50,6 +50,7 @@ def current_loss(module):
     return task_loss(decode())[0]
 
 
+@pytest.mark.slow
 def test_mgs_lowers_a_task_loss_that_mle_cannot_see():
     torch.manual_seed(0)
     mgs_model, mle_model = Table(), Table()

@@ -1,4 +1,5 @@
 """project.yml stays valid: commands resolve, scripts keep their lines, repo deps exist."""
+import re
 from pathlib import Path
 
 import srsly
@@ -42,5 +43,10 @@ def test_readme_project_section_is_current(tmp_path):
     shutil.copy(ROOT / "README.md", copy)
     subprocess.run([sys.executable, "-m", "spacy", "project", "document", str(ROOT), "--output", str(copy),
                     "--no-emoji"], check=True, capture_output=True)
-    assert copy.read_text(encoding="utf8") == (ROOT / "README.md").read_text(encoding="utf8"), \
+    # `spacy project document` links a local asset only when the file exists (the data dir is
+    # beside some checkouts, not others): compare with those links written as plain paths
+    def unlinked(text):
+        return re.sub(r"\[(`[^`\]]+`)\]\(([^)\s]+)\)", lambda m: m.group(1) if m.group(1).strip("`") == m.group(2) else m.group(0), text)
+
+    assert unlinked(copy.read_text(encoding="utf8")) == unlinked((ROOT / "README.md").read_text(encoding="utf8")), \
         "README's generated section is stale: run `spacy project run document`"

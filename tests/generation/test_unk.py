@@ -15,6 +15,7 @@ from kx_spacy.generation.output_layers import OutputLayerSpec, t_star
 from kx_spacy.generation.vocab import TargetVocab
 from kx_spacy.models.seq2seq_decoder import sequence_nll
 from kx_spacy.testing import transformer_config
+from tests.generation.test_decoding import RandomStepModel
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 NEVER = TargetVocab.never_ids
@@ -31,7 +32,7 @@ def test_vocab_specials():
     assert set(TargetVocab.loss_ignore_ids) == {PAD, UNK}
 
 
-class UnkLovingModel:
+class UnkLovingModel(RandomStepModel):
     """A random recurrent step model whose UNK logit dominates every step (if it could be
     produced, greedy would always pick it)."""
 
@@ -45,19 +46,6 @@ class UnkLovingModel:
         self.emb = torch.randn(vocab, hidden, generator=g)
         self.W = torch.randn(hidden, hidden, generator=g) / math.sqrt(hidden)
         self.hidden = hidden
-
-    def init_state(self, batch):
-        return torch.zeros(batch, self.hidden), self.layer.initial_state(batch)
-
-    @torch.no_grad()
-    def step(self, tokens, state):
-        h, out_state = state
-        h = torch.tanh(h @ self.W + self.emb[tokens])
-        lp, out_state = self.layer.step(h, out_state)
-        return lp, (h, out_state)
-
-    def reorder_state(self, state, index):
-        return state[0].index_select(0, index), state[1].index_select(0, index)
 
 
 @settings(max_examples=6, deadline=None)

@@ -269,6 +269,8 @@ class UpdateStats:
             "mle_loss": self.mle_loss,
             "task_loss": self.task_loss,
             "best_candidate_loss": min(finite) if finite else math.nan,
+            "candidate_spread": max(finite) - min(finite) if finite else math.nan,
+            "max_weight": max(self.weights) if self.weights else math.nan,
             "mle_weight": self.mle_weight,
             "all_worse": float(self.all_worse),
             "dropped": float(self.dropped),

@@ -401,17 +401,25 @@ def decoder_scores(pipe, module, data: EncodedPairs, *, task_loss, limit: int = 
 
 
 def resolve_task_loss(spec: Union[str, Callable]) -> Callable:
-    """A task loss from a short name ("chrf", "edit", "nonterm", "repeat"), a registered name
-    (``kx_spacy.ChrFLoss.v1``: built with its defaults) or a callable."""
+    """A task loss from a short name ("chrf", "edit", "nonterm", "repeat", "length"), a registered name
+    (``kx_spacy.ChrFLoss.v1``: built with its defaults), names joined by "+" (their sum,
+    ``kx_spacy.SumLoss.v1``: "nonterm+repeat") or a callable."""
     if callable(spec):
         return spec
     from spacy.util import registry
 
-    from .task_losses import make_chrf_loss, make_edit_distance_loss, make_non_termination_loss, \
-        make_repetition_loss
+    from .task_losses import SumLoss, make_chrf_loss, make_edit_distance_loss, make_length_loss, \
+        make_non_termination_loss, make_repetition_loss
+
+    if "+" in spec:
+        parts = [p.strip() for p in spec.split("+")]
+        if not all(parts):
+            raise GeneratorFinetuneError(f"Task loss {spec!r}: an empty name around '+'")
+        return SumLoss([resolve_task_loss(p) for p in parts])
 
     short = {"chrf": make_chrf_loss, "edit": lambda: make_edit_distance_loss(unit="char"),
-             "nonterm": make_non_termination_loss, "repeat": lambda: make_repetition_loss(unit="char")}
+             "nonterm": make_non_termination_loss, "repeat": lambda: make_repetition_loss(unit="char"),
+             "length": lambda: make_length_loss(unit="char")}
     if spec in short:
         return short[spec]()
     try:

@@ -256,6 +256,68 @@ class ScorerLoss:
         return out
 
 
+class LengthLoss:
+    """min(|len(hyp) − len(ref)| / len(ref), cap): how far the hypothesis's length is from the
+    reference's (a couplet's second line has the first line's length).
+
+    unit (str): how a ``str`` is split: "token" (whitespace) or "char".
+    cap (float): the largest value (1.0: an empty hypothesis scores as badly as one twice too long).
+    eos (Any): when set, both sequences are cut before their first EOS.
+    An empty reference: 0.0 for an empty hypothesis, else ``cap``.
+    """
+
+    def __init__(self, unit: str = "token", cap: float = 1.0, eos: Any = None):
+        if unit not in ("token", "char"):
+            raise TaskLossError(f"unit {unit!r}: use 'token' or 'char'")
+        if not (isinstance(cap, (int, float)) and cap > 0 and math.isfinite(cap)):
+            raise TaskLossError(f"cap must be a positive finite number, got {cap!r}")
+        self.unit, self.cap, self.eos = unit, float(cap), eos
+
+    def _len(self, seq: Any) -> int:
+        toks = list(_tokens(seq, self.unit))
+        if self.eos is not None and self.eos in toks:
+            toks = toks[: toks.index(self.eos)]
+        return len(toks)
+
+    def __call__(self, hypotheses: Sequence[Any], references: Sequence[Any]) -> List[float]:
+        _check_pairs(hypotheses, references)
+        out = []
+        for hyp, ref in zip(hypotheses, references):
+            h, r = self._len(hyp), self._len(ref)
+            out.append(min(abs(h - r) / r, self.cap) if r else (0.0 if h == 0 else self.cap))
+        return out
+
+
+class SumLoss:
+    """A weighted sum of task losses: ``Σ_i weight_i · loss_i(h, r)`` per pair.
+
+    losses (Sequence[Callable]): the task losses (each (hypotheses, references) → List[float]).
+    weights (Sequence[float]): one weight per loss (None: all 1.0).
+    A NaN from any part makes that pair's sum NaN (the MGS update then drops the candidate).
+    """
+
+    def __init__(self, losses: Sequence[TaskLoss], weights: Optional[Sequence[float]] = None):
+        losses = list(losses)
+        if not losses or not all(callable(f) for f in losses):
+            raise TaskLossError("SumLoss needs at least one task loss, every one callable")
+        weights = [1.0] * len(losses) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(losses):
+            raise TaskLossError(f"{len(weights)} weights for {len(losses)} losses: give one weight per loss")
+        if not all(math.isfinite(w) for w in weights):
+            raise TaskLossError(f"SumLoss weights must be finite, got {weights}")
+        self.losses, self.weights = losses, weights
+
+    def __call__(self, hypotheses: Sequence[Any], references: Sequence[Any]) -> List[float]:
+        _check_pairs(hypotheses, references)
+        total = [0.0] * len(hypotheses)
+        for loss, weight in zip(self.losses, self.weights):
+            values = list(loss(hypotheses, references))
+            if len(values) != len(total):
+                raise TaskLossError(f"A SumLoss part returned {len(values)} values for {len(total)} pairs")
+            total = [t + weight * float(v) for t, v in zip(total, values)]
+        return total
+
+
 @registry.misc("kx_spacy.EditDistanceLoss.v1")
 def make_edit_distance_loss(normalize: str = "reference", unit: str = "token", eos: Optional[Any] = None) -> TaskLoss:
     """Levenshtein distance, normalised by the reference length and capped at 1 (MGS "edit").
@@ -298,6 +360,33 @@ def make_chrf_loss(char_order: int = 6, word_order: int = 0, beta: int = 2) -> T
     RETURNS (Callable): (hypotheses, references) → List[float].
     """
     return ChrFLoss(char_order=char_order, word_order=word_order, beta=beta)
+
+
+@registry.misc("kx_spacy.LengthLoss.v1")
+def make_length_loss(unit: str = "token", cap: float = 1.0, eos: Optional[Any] = None) -> TaskLoss:
+    """min(|len(hyp) − len(ref)| / len(ref), cap) per pair.
+
+    unit (str): "token" or "char". cap (float): the largest value. eos (Any): cut at EOS.
+    RETURNS (Callable): (hypotheses, references) → List[float].
+    """
+    return LengthLoss(unit=unit, cap=cap, eos=eos)
+
+
+@registry.misc("kx_spacy.SumLoss.v1")
+def make_sum_loss(losses: Dict[str, Any], weights: Optional[Dict[str, float]] = None) -> TaskLoss:
+    """A weighted sum of task losses per pair (e.g. non-termination + repetition).
+
+    losses (Dict[str, Callable]): named task losses (in a config: ``[loss.losses.nonterm]``
+        blocks with their own ``@misc``).
+    weights (Dict[str, float]): weight per name (missing names: 1.0; None: all 1.0).
+    RETURNS (Callable): (hypotheses, references) → List[float].
+    """
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(losses))
+    if unknown:
+        raise TaskLossError(f"SumLoss weights for unknown losses {unknown}: names are {sorted(losses)}")
+    names = list(losses)
+    return SumLoss([losses[n] for n in names], [weights.get(n, 1.0) for n in names])
 
 
 @registry.misc("kx_spacy.ScorerLoss.v1")

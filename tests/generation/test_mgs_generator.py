@@ -84,6 +84,11 @@ def test_task_loss_names_and_generation_text():
     assert resolve_task_loss("chrf")([hyp], ["秋月明"]) == [0.0]
     assert resolve_task_loss("edit")([hyp], ["秋月白"]) == [pytest.approx(1 / 3)]
     assert resolve_task_loss("kx_spacy.RepetitionLoss.v1")([hyp], ["x"]) == [0.0]
+    loop = GenerationText("，，，，，，", [7] * 6, "max_length")
+    assert resolve_task_loss("nonterm+repeat")([hyp, loop], ["x", "x"]) == [1.0, pytest.approx(1 + 2 / 3)]
+    assert resolve_task_loss("nonterm+repeat+length")([loop], ["秋月明"]) == [pytest.approx(1 + 2 / 3 + 1)]
+    with pytest.raises(GeneratorFinetuneError):
+        resolve_task_loss("nonterm+")
     with pytest.raises(GeneratorFinetuneError):
         resolve_task_loss("no-such-loss")
 

@@ -8,9 +8,11 @@ from spacy.tokens import Doc
 from kx_spacy.generation.task_losses import (
     ChrFLoss,
     EditDistanceLoss,
+    LengthLoss,
     NonTerminationLoss,
     RepetitionLoss,
     ScorerLoss,
+    SumLoss,
     TaskLossError,
     levenshtein,
     mean_task_loss,
@@ -146,3 +148,58 @@ def test_mean_task_loss_skips_nan():
 
     assert mean_task_loss(loss, [0, 0, 0], [0, 0, 0]) == 2.0
     assert math.isnan(mean_task_loss(lambda h, r: [math.nan], [0], [0]))
+
+
+def test_sum_loss_weighted_per_pair_and_bad_input():
+    rep = RepetitionLoss(4)
+    nonterm = NonTerminationLoss(eos=EOS)
+    hyps = [[7] * 6, [1, 2, 3, 4, EOS]]  # loops without EOS: 1 + 2/3; distinct and stopped: 0
+    assert SumLoss([nonterm, rep])(hyps, [[0], [0]]) == [pytest.approx(1 + 2 / 3), 0.0]
+    assert SumLoss([nonterm, rep], [2.0, 0.5])(hyps, [[0], [0]]) == [pytest.approx(2 + 1 / 3), 0.0]
+    assert math.isnan(SumLoss([nonterm, lambda h, r: [math.nan] * len(h)])([[1]], [[1]])[0])
+    with pytest.raises(TaskLossError):
+        SumLoss([])
+    with pytest.raises(TaskLossError):
+        SumLoss([nonterm], [1.0, 2.0])
+    with pytest.raises(TaskLossError):
+        SumLoss([nonterm, lambda h, r: [0.0]])([[1], [2]], [[1], [2]])
+
+
+def test_config_resolves_a_sum_loss():
+    from thinc.api import Config
+
+    cfg = Config().from_str(
+        f"""
+        [loss]
+        @misc = "kx_spacy.SumLoss.v1"
+        weights = {{"nonterm": 2.0}}
+
+        [loss.losses]
+
+        [loss.losses.nonterm]
+        @misc = "kx_spacy.NonTerminationLoss.v1"
+        eos = {EOS}
+
+        [loss.losses.repeat]
+        @misc = "kx_spacy.RepetitionLoss.v1"
+        """
+    )
+    loss = spacy.registry.resolve(cfg)["loss"]
+    assert loss([[7] * 5], [[0]]) == [pytest.approx(2.0 + 0.5)]
+    with pytest.raises(TaskLossError):
+        spacy.registry.misc.get("kx_spacy.SumLoss.v1")(losses={"a": NonTerminationLoss(EOS)}, weights={"b": 1.0})
+
+
+def test_length_loss_relative_capped_units_and_eos():
+    loss = LengthLoss()
+    assert loss([[1, 2, 3], [], [1] * 9, [1, 2]], [[1, 2, 3, 4], [1, 2], [1, 2], [1, 2]]) == \
+        [pytest.approx(0.25), 1.0, 1.0, 0.0]
+    assert LengthLoss(cap=5.0)([[1] * 9], [[1, 2]]) == [pytest.approx(3.5)]
+    assert LengthLoss(unit="char")(["秋月明"], ["春风"]) == [pytest.approx(0.5)]
+    assert LengthLoss(eos=EOS)([[1, 2, EOS, 9, 9]], [[1, 2]]) == [0.0]
+    assert LengthLoss()([[], [1]], [[], []]) == [0.0, 1.0]
+    assert spacy.registry.misc.get("kx_spacy.LengthLoss.v1")(unit="char")(["ab"], ["abcd"]) == [0.5]
+    with pytest.raises(TaskLossError):
+        LengthLoss(cap=0)
+    with pytest.raises(TaskLossError):
+        LengthLoss(unit="word")

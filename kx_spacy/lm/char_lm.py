@@ -141,7 +141,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
                  "warmup_steps": 100, "decay": "cosine", "weight_decay": 0.1, "optimizer": "adamw", "beta2": 0.99,
                  "momentum": 0.9,
                  "clip_mode": "global_norm", "clip_threshold": 1.0, "precision": "fp32", "eval_every": 250,
-                 "eval_batches": 20, "num_threads": 1, "seed": 1337, "device": None, "progress": True},
+                 "eval_batches": 20, "num_threads": 1, "seed": 1337, "device": None, "progress": True,
+                 "clock": "wall"},
 }
 
 
@@ -218,7 +219,7 @@ def train_char_lm(cfg: Dict, output_dir: Union[str, Path], metrics_path: Optiona
         max_steps=int(tr["max_steps"]), max_time_minutes=tr["max_time_minutes"], clip_mode=tr["clip_mode"],
         clip_threshold=float(tr["clip_threshold"]), precision=tr["precision"], eval_every=int(tr["eval_every"]),
         seed=int(tr["seed"]), num_threads=tr["num_threads"], progress=bool(tr["progress"]), device=tr["device"],
-        desc=f"char-lm {cfg['model']['attention']}",
+        desc=f"char-lm {cfg['model']['attention']}", clock=str(tr["clock"]),
     )
 
     def scheduler(opt):

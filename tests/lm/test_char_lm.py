@@ -63,6 +63,17 @@ def test_train_on_the_engine_writes_metrics(tiny_cfg, tmp_path, attention):
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_time_budget_on_the_process_clock(tiny_cfg, tmp_path):
+    tiny_cfg["training"].update(max_steps=100000, max_time_minutes=0.01, clock="process", eval_every=0)
+    summary = train_char_lm(tiny_cfg, tmp_path / "run")
+    assert summary["stopped_by"] == "max_time"
+    assert 0 < summary["steps"] < 100000
+    assert summary["elapsed_s"] >= 0.6
+    tiny_cfg["training"]["clock"] = "sundial"
+    with pytest.raises(KxError, match="clock"):
+        train_char_lm(tiny_cfg, tmp_path / "bad")
+
+
 def test_bad_optimizer_name():
     a = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(KxError, match="optimizer"):

@@ -128,7 +128,9 @@ def finetune_generator_mgs_cli(
     methods: str = typer.Option("mle,mgs,pg,mrt", help="With --compare: the methods."),
     seeds: str = typer.Option("0,1,2,3,4", help="With --compare: the seeds."),
     steps: int = typer.Option(100, help="Updates (equal for every method)."),
-    lr: float = typer.Option(1e-4, help="Adam learning rate."),
+    lr: float = typer.Option(1e-4, help="Learning rate."),
+    optimizer: str = typer.Option("adam", help="adam or sgd (plain SGD: the update's direction without Adam's "
+                                  "per-weight rescaling)."),
     batch_size: int = typer.Option(32, help="Pairs per update."),
     num_candidates: int = typer.Option(4, help="K (PG / MRT draw K + 1 samples per input)."),
     beta: float = typer.Option(100.0, help="MGS β."),
@@ -177,7 +179,8 @@ def finetune_generator_mgs_cli(
         result = compare_generator_methods(
             model, train_pairs, read_pairs(test, limit=eval_limit), output_dir,
             methods=[m for m in methods.split(",") if m.strip()], seeds=[int(s) for s in seeds.split(",")],
-            task_loss=task_loss, steps=steps, max_minutes=max_minutes, clock=clock, lr=lr, batch_size=batch_size,
+            task_loss=task_loss, steps=steps, max_minutes=max_minutes, clock=clock, lr=lr, optimizer=optimizer,
+            batch_size=batch_size,
             config_overrides=overrides, progress=show,
         )
         typer.echo(_generator_tables(result["summary"]))
@@ -187,7 +190,7 @@ def finetune_generator_mgs_cli(
         result = finetune_generator(
             model, train_pairs, output_dir, config=MGSConfig(method=method, seed=seed, **overrides),
             task_loss=task_loss, dev_pairs=read_pairs(dev, limit=eval_limit) if dev else None, steps=steps,
-            lr=lr, batch_size=batch_size, seed=seed, resume=resume, max_minutes=max_minutes, clock=clock,
+            lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed, resume=resume, max_minutes=max_minutes, clock=clock,
             eval_every=max(1, steps // 4) if dev else 0,
         )
         cost = result["cost"]

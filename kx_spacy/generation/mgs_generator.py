@@ -438,6 +438,7 @@ def finetune_generator(
     dev_pairs: Optional[Sequence[Tuple[str, str]]] = None,
     steps: int = 200,
     lr: float = 1e-4,
+    optimizer: str = "adam",
     batch_size: int = 32,
     seed: int = 0,
     resume: bool = False,
@@ -456,7 +457,9 @@ def finetune_generator(
     train_pairs / dev_pairs: (source, target) texts. output_dir: the engine's run folder; the
         fine-tuned pipeline is saved to ``<output_dir>/model``.
     config (MGSConfig): method and settings. task_loss: see :func:`resolve_task_loss`.
-    steps, lr (Adam), batch_size, seed, resume, max_minutes, eval_every: the engine run.
+    steps, lr, batch_size, seed, resume, max_minutes, eval_every: the engine run.
+    optimizer (str): "adam" or "sgd" (plain SGD: the update's direction as it is, without
+        Adam's per-weight rescaling).
     clock (str): what ``max_minutes`` counts: "wall" or "process" (this process's CPU time: on
         a loaded machine, the compute a run really got; see kx_spacy.training.TrainingConfig).
     encoded: pre-encoded (train, dev) data (skips the encoder pass).
@@ -470,6 +473,9 @@ def finetune_generator(
     from .mgs import SequenceLevelUpdater
 
     output_dir = Path(output_dir)
+    optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    if optimizer not in optimizers:
+        raise GeneratorFinetuneError(f"optimizer {optimizer!r}: use one of {sorted(optimizers)}")
     nlp = nlp if nlp is not None else spacy.load(model_path)
     pipe = generator_pipe(nlp, name)
     loss_fn = resolve_task_loss(task_loss)
@@ -482,7 +488,8 @@ def finetune_generator(
     updater = SequenceLevelUpdater(seq_task, loss_fn, config)
     task = GeneratorFinetuneTask(seq_task, updater, batch_size=batch_size, seed=seed, dev=dev, eval_loss=loss_fn)
     model_path = Path(model_path)
-    identity = {"method": config.method, "config": config.to_dict(), "lr": lr, "batch_size": batch_size,
+    identity = {"method": config.method, "config": config.to_dict(), "lr": lr, "optimizer": optimizer,
+                "batch_size": batch_size,
                 "task_loss": str(task_loss), "n_train": len(train)}
     if model_path.exists():
         identity["model"] = file_identity(model_path / name / "model") if (model_path / name / "model").exists() \
@@ -493,7 +500,7 @@ def finetune_generator(
                                max_bad_steps=50, desc=f"finetune-{config.method}",
                                device=str(next(pipe.decoder.parameters()).device.type))
     trainer = Trainer(task, train_cfg, output_dir=output_dir,
-                      optimizer=lambda m: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr),
+                      optimizer=lambda m: optimizers[optimizer]([p for p in m.parameters() if p.requires_grad], lr=lr),
                       identity=identity)
     start = time.perf_counter()
     result = trainer.run(resume=resume)
@@ -541,6 +548,7 @@ def compare_generator_methods(
     max_minutes: Optional[float] = None,
     clock: str = "wall",
     lr: float = 1e-4,
+    optimizer: str = "adam",
     batch_size: int = 32,
     config_overrides: Optional[Dict[str, Any]] = None,
     progress: Optional[Callable[[Dict[str, Any]], None]] = None,
@@ -551,7 +559,8 @@ def compare_generator_methods(
     Encodes the data once; every fine-tune starts from the saved pipeline's decoder weights.
     steps / max_minutes: every run's budget: ``steps`` updates, or with ``max_minutes`` equal
         wall-clock (each run trains that long; ``steps`` is then only a cap); clock: "wall" or
-        "process" (equal CPU time, fairer on a loaded machine).
+        "process" (equal CPU time, fairer on a loaded machine). lr, optimizer ("adam" / "sgd"),
+        batch_size: every run's.
     RETURNS (Dict[str, Any]): {"settings", "runs", "summary": {method: {metric: (mean, sd)}}};
         every run row has the held-out figures and its cost (``cost_*``: updates, wall-clock
         and decodes / decoder passes per update, weight copies held, peak RSS).
@@ -579,7 +588,8 @@ def compare_generator_methods(
             pipe.decoder.load_state_dict(start_state)
             cfg = MGSConfig(method=method, seed=seed, **(config_overrides or {}))
             out = finetune_generator(model_path, [], Path(output_dir) / f"{method}_{seed}", config=cfg,
-                                     task_loss=loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                                     task_loss=loss_fn, steps=steps, lr=lr, optimizer=optimizer,
+                                     batch_size=batch_size, seed=seed,
                                      max_minutes=max_minutes, clock=clock, progress=False, name=name, nlp=nlp,
                                      encoded=(train, None), save=False)
             row = {"method": method, "seed": seed}
@@ -594,6 +604,7 @@ def compare_generator_methods(
 
     summary = summarize(runs)
     settings = {"model": str(model_path), "methods": list(methods), "seeds": list(seeds), "task_loss": task_loss,
-                "steps": steps, "max_minutes": max_minutes, "clock": clock, "lr": lr, "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
+                "steps": steps, "max_minutes": max_minutes, "clock": clock, "lr": lr, "optimizer": optimizer,
+                "batch_size": batch_size, "n_train": len(train), "n_test": len(test),
                 "config_overrides": dict(config_overrides or {})}
     return {"settings": settings, "runs": runs, "summary": summary}

@@ -52,7 +52,8 @@ def test_finetune_generator_runs_saves_and_resumes(saved_pipeline, tmp_path, met
 
 @pytest.mark.slow
 def test_subset_only_and_scores(saved_pipeline, tmp_path):
-    from kx_spacy.generation.mgs_generator import decoder_scores, encode_pairs, finetune_generator, generator_pipe
+    from kx_spacy.generation.mgs_generator import GeneratorFinetuneError, decoder_scores, encode_pairs, \
+        finetune_generator, generator_pipe
     from kx_spacy.generation.task_losses import ChrFLoss
 
     nlp = spacy.load(saved_pipeline)
@@ -63,6 +64,14 @@ def test_subset_only_and_scores(saved_pipeline, tmp_path):
                        progress=False, nlp=nlp)
     changed = {n for n, p in pipe.decoder.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("output" in n for n in changed)
+    # plain SGD (the MGS direction without Adam's per-weight rescaling): the same subset moves
+    before = {n: p.detach().clone() for n, p in pipe.decoder.named_parameters()}
+    finetune_generator(saved_pipeline, PAIRS, tmp_path / "sgd", config=cfg, steps=1, batch_size=2, lr=0.5,
+                       optimizer="sgd", progress=False, nlp=nlp, save=False)
+    changed = {n for n, p in pipe.decoder.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("output" in n for n in changed)
+    with pytest.raises(GeneratorFinetuneError):
+        finetune_generator(saved_pipeline, PAIRS, tmp_path / "bad", config=cfg, optimizer="lbfgs", nlp=nlp)
     data = encode_pairs(nlp, PAIRS)
     scores = decoder_scores(pipe, pipe.decoder, data, task_loss=ChrFLoss())
     assert {"task_loss", "chrf", "bleu", "r_L", "repetition", "perplexity"} <= set(scores)

@@ -31,6 +31,14 @@ def self_train_segmenter_cli(
     output: Path = typer.Option(Path("metrics/self_train_segmenter.json"), "--output", "-o", help="Results JSON."),
     segmented: Optional[Path] = typer.Option(None, help="Also write the segmented lines here (space separated)."),
     save_model: Optional[Path] = typer.Option(None, "--save-model", help="Also write the student to this folder, for the kx_self_trained_segmenter pipe (it segments any text)."),
+    features: str = typer.Option("base", help="Student features: 'base' (character n-grams, bigram PMI / frequency) or 'be' (also each side's character branching entropy)."),
+    relabel: str = typer.Option("segment", help="Rounds ≥ 2 relabel the segmented lines ('segment') or the teacher's lines too ('all')."),
+    confident: float = typer.Option(0.9, help="Rounds ≥ 2: the student's probability (or 1 − it) that makes a label."),
+    round_labels: str = typer.Option("confident", help="Rounds ≥ 2 learn the student's confident pairs ('confident') or its --decoder output on every pair ('decoded')."),
+    decoder: str = typer.Option("threshold", help="'threshold' (each pair on its own) or 'semi_markov' (best segmentation of the line under a word-length prior from the student's own output)."),
+    decoder_weight: float = typer.Option(1.0, help="semi_markov: weight of the log length prior."),
+    decoder_bias: float = typer.Option(0.0, help="semi_markov: score added per word (> 0: more, shorter words)."),
+    decoder_max_len: int = typer.Option(6, help="semi_markov: longest word of several atoms (a rule-joined run counts as one atom)."),
     threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
 ):
     """Teacher pair scores → confident pseudo-labels → boundary classifier (no gold data used)."""
@@ -48,7 +56,9 @@ def self_train_segmenter_cli(
             limit=limit, high=high, low=low, rounds=rounds, threshold=threshold, join_rate=join_rate,
             teacher=teacher, extra=extra or [], teach_extra=teach_extra or [], teacher_weights=weights,
             max_len=max_len, min_count=min_count, impacts_cache=impacts_cache, threads=threads,
-            output=output, segmented=segmented, save_model=save_model)
+            output=output, segmented=segmented, save_model=save_model, features=features, relabel=relabel,
+            confident=confident, decoder=decoder, decoder_weight=decoder_weight, decoder_bias=decoder_bias,
+            decoder_max_len=decoder_max_len, round_labels=round_labels)
     except KxError as err:
         typer.echo(f"✘ {type(err).__name__}: {err}", err=True)
         raise typer.Exit(1)

@@ -55,13 +55,41 @@ class CorpusCounts:
             return -10.0
         return math.log(ab * self.total / (self.unigrams[a] * self.unigrams[b]))
 
+    def branching(self, ch: str) -> Tuple[float, float]:
+        """(right, left) branching entropy of one character: the entropy of the characters
+        that follow it / precede it in the counted text (0.0 for a character never seen)."""
+        table = self.__dict__.get("_branching")
+        if table is None:
+            right: Dict[str, Counter] = {}
+            left: Dict[str, Counter] = {}
+            for ab, c in self.bigrams.items():
+                right.setdefault(ab[0], Counter())[ab[1]] = c
+                left.setdefault(ab[1], Counter())[ab[0]] = c
+
+            def h(cnt: Counter) -> float:
+                tot = sum(cnt.values())
+                return -sum(v / tot * math.log(v / tot) for v in cnt.values())
+
+            table = {ch_: (h(right[ch_]) if ch_ in right else 0.0, h(left[ch_]) if ch_ in left else 0.0)
+                     for ch_ in set(right) | set(left)}
+            self.__dict__["_branching"] = table
+        return table.get(ch, (0.0, 0.0))
+
 
 def _bucket(value: float, step: float, lo: float, hi: float) -> int:
     return int(math.floor(min(max(value, lo), hi) / step))
 
 
-def pair_features(text: str, k: int, counts: Optional[CorpusCounts]) -> List[str]:
-    """Feature strings of the boundary between ``text[k]`` and ``text[k + 1]``."""
+FEATURE_SETS = ("base", "be")
+
+
+def pair_features(text: str, k: int, counts: Optional[CorpusCounts], features: str = "base") -> List[str]:
+    """Feature strings of the boundary between ``text[k]`` and ``text[k + 1]``.
+
+    features (str): ``"base"`` (character n-grams around the pair, bigram PMI and frequency) or
+        ``"be"`` (those plus the branching entropy of the characters on either side of the
+        pair, bucketed: a character after which anything may follow tends to end a word).
+    """
     p = text[k - 1] if k > 0 else BOS
     a, b = text[k], text[k + 1]
     n = text[k + 2] if k + 2 < len(text) else EOS
@@ -76,6 +104,12 @@ def pair_features(text: str, k: int, counts: Optional[CorpusCounts]) -> List[str
             feats.append(f"dl:{_bucket(pmi - counts.pmi(p, a), 1.0, -4, 4)}")
         if k + 2 < len(text):
             feats.append(f"dr:{_bucket(pmi - counts.pmi(b, n), 1.0, -4, 4)}")
+        if features == "be":
+            ra, la = counts.branching(a)
+            rb, lb = counts.branching(b)
+            hr, hl = _bucket(ra, 0.5, 0.0, 7.0), _bucket(lb, 0.5, 0.0, 7.0)
+            feats += [f"hra:{hr}", f"hlb:{hl}", f"hrl:{hr}_{hl}",
+                      f"dra:{_bucket(ra - rb, 0.5, -4, 4)}", f"dlb:{_bucket(lb - la, 0.5, -4, 4)}"]
     return feats
 
 
@@ -244,7 +278,10 @@ def train_student(
     teach_texts: Sequence[str], impacts: Sequence[numpy.ndarray], segment_texts: Sequence[str], *,
     high: float = 0.75, low: float = 0.45, per_line: bool = False, rounds: int = 2,
     epochs: int = 4, extra_texts: Sequence[str] = (), threshold: float = 0.5,
-    join_rate: Optional[float] = None, seed: int = 0,
+    join_rate: Optional[float] = None, seed: int = 0, features: str = "base",
+    relabel: str = "segment", confident: float = 0.9, decoder: str = "threshold",
+    decoder_weight: float = 1.0, decoder_bias: float = 0.0, decoder_max_len: int = 6,
+    round_labels: str = "confident",
 ):
     """Train the student on the teacher's confident pairs (no gold data).
 
@@ -255,15 +292,28 @@ def train_student(
     high, low (float): pseudo-label quantiles (join ≥ high, split < low).
     per_line (bool): quantiles per line instead of over all lines.
     rounds (int): 1 = train on the teacher's labels; each further round retrains on the
-        student's own confident decisions (p ≥ 0.9 or ≤ 0.1) over all lines.
+        student's own confident decisions (p ≥ ``confident`` or ≤ 1 − ``confident``).
     epochs (int): SGD epochs per round.
     extra_texts (Sequence[str]): more raw text for the PMI / frequency counts.
     threshold (float): join when the student's probability ≥ this.
     join_rate (Optional[float]): instead of ``threshold``, join this fraction of the pairs that
         no rule decides (the most probable ones among ``segment_texts``) — a prior on word
         length, not gold data.
+    features (str): the student's feature set (:data:`FEATURE_SETS`, see :func:`pair_features`).
+    relabel (str): the lines rounds > 1 relabel: ``"segment"`` (``segment_texts``) or ``"all"``
+        (the teacher's lines too).
+    confident (float): the student's probability (or 1 − it) that makes a round-2 label.
+    round_labels (str): what rounds > 1 learn: ``"confident"`` (the pairs the student is
+        confident about, per pair) or ``"decoded"`` (every pair, as ``decoder`` segments the
+        line with the previous round's student: the structured output, not the per-pair one).
+    decoder (str): ``"threshold"`` (each pair on its own) or ``"semi_markov"`` (the best
+        segmentation of each line under a word-length prior taken from the student's own
+        threshold decoding of the taught and segmented lines; see :mod:`.decoding`).
+    decoder_weight, decoder_bias, decoder_max_len: the semi-Markov decoder's prior weight,
+        score per word and longest word of several atoms.
     RETURNS (Tuple[SegmenterStudent, Dict]): the student (it segments any text) and statistics.
     """
+    from .decoding import DECODERS
     from .student import SegmenterStudent
 
     if len(teach_texts) != len(impacts):
@@ -272,6 +322,16 @@ def train_student(
         raise SelfTrainingError("rounds must be ≥ 1")
     if join_rate is not None and not 0.0 <= join_rate <= 1.0:
         raise SelfTrainingError(f"join_rate must be in [0, 1], got {join_rate}")
+    if features not in FEATURE_SETS:
+        raise SelfTrainingError(f"features {features!r}: use one of {', '.join(FEATURE_SETS)}")
+    if relabel not in ("segment", "all"):
+        raise SelfTrainingError(f"relabel {relabel!r}: use 'segment' or 'all'")
+    if not 0.5 < confident < 1.0:
+        raise SelfTrainingError(f"confident must be in (0.5, 1), got {confident}")
+    if decoder not in DECODERS:
+        raise SelfTrainingError(f"decoder {decoder!r}: use one of {', '.join(DECODERS)}")
+    if round_labels not in ("confident", "decoded"):
+        raise SelfTrainingError(f"round_labels {round_labels!r}: use 'confident' or 'decoded'")
     for t, v in zip(teach_texts, impacts):
         if len(v) != max(len(t) - 1, 0):
             raise SelfTrainingError(f"Line {t[:20]!r}: {len(v)} impacts for {len(t)} characters")
@@ -282,7 +342,7 @@ def train_student(
         rows, index = [], []
         for li, text in enumerate(texts):
             for k in range(len(text) - 1):
-                rows.append(_hash(pair_features(text, k, counts), dim))
+                rows.append(_hash(pair_features(text, k, counts, features), dim))
                 index.append((li, k))
         return rows, index
 
@@ -299,17 +359,33 @@ def train_student(
     if rounds > 1 or join_rate is not None:
         rows_s, index_s = featurise(segment_texts)
         rules_s = [_rules(t) for t in segment_texts]
+    if rounds > 1:
+        if relabel == "all":
+            seen = set(segment_texts)
+            more = [li for li, t in enumerate(teach_texts) if t not in seen]
+            more_set = set(more)
+            pick = [i for i, (li, k) in enumerate(index_t) if li in more_set]
+            rows_r = rows_s + [rows_t[i] for i in pick]
+            rules_r = [rules_s[li][k] for li, k in index_s] + [rules_t[index_t[i][0]][index_t[i][1]] for i in pick]
+            lines_r = list(segment_texts) + [teach_texts[li] for li in more]
+        else:
+            rows_r, rules_r = rows_s, [rules_s[li][k] for li, k in index_s]
+            lines_r = list(segment_texts)
     for rnd in range(1, rounds):
-        prob = clf.predict_proba(rows_s)
-        keep, ys = [], []
-        for i, ((li, k), pr) in enumerate(zip(index_s, prob)):
-            r = rules_s[li][k]
-            if r is not None:
-                keep.append(i); ys.append(float(r))
-            elif pr >= 0.9 or pr <= 0.1:
-                keep.append(i); ys.append(float(pr >= 0.5))
+        if round_labels == "decoded":
+            ys = _decoded_labels(clf.score(rows_r), lines_r, threshold, decoder, decoder_weight,
+                                 decoder_bias, decoder_max_len)
+            keep = list(range(len(ys)))
+        else:
+            prob = clf.predict_proba(rows_r)
+            keep, ys = [], []
+            for i, (r, pr) in enumerate(zip(rules_r, prob)):
+                if r is not None:
+                    keep.append(i); ys.append(float(r))
+                elif pr >= confident or pr <= 1.0 - confident:
+                    keep.append(i); ys.append(float(pr >= 0.5))
         stats["rounds"].append({"round": rnd + 1, "labelled": len(keep), "join_rate": float(numpy.mean(ys))})
-        clf = BoundaryClassifier(dim=dim, seed=seed + rnd).fit([rows_s[i] for i in keep], numpy.array(ys), epochs=epochs)
+        clf = BoundaryClassifier(dim=dim, seed=seed + rnd).fit([rows_r[i] for i in keep], numpy.array(ys), epochs=epochs)
     if join_rate is not None:
         prob = clf.predict_proba(rows_s) if rows_s else numpy.zeros(0)
         open_probs = numpy.array([pr for (li, k), pr in zip(index_s, prob) if rules_s[li][k] is None])
@@ -317,5 +393,43 @@ def train_student(
             threshold = float(numpy.quantile(open_probs, 1.0 - join_rate))
         stats["threshold_from_join_rate"] = threshold
     meta = {"high": high, "low": low, "per_line": per_line, "rounds": rounds, "epochs": epochs,
-            "threshold": threshold, "join_rate": join_rate, "seed": seed, "stats": stats}
-    return SegmenterStudent(clf.w, counts, threshold, meta=meta), stats
+            "threshold": threshold, "join_rate": join_rate, "seed": seed, "features": features,
+            "relabel": relabel, "confident": confident, "round_labels": round_labels, "stats": stats}
+    student = SegmenterStudent(clf.w, counts, threshold, meta=meta, features=features)
+    if decoder == "semi_markov":
+        student = with_semi_markov(student, list(dict.fromkeys(list(teach_texts) + list(segment_texts))),
+                                   weight=decoder_weight, bias=decoder_bias, max_len=decoder_max_len)
+        stats["length_logprior"] = student.decoder["length_logprior"]
+    return student, stats
+
+
+def _decoded_labels(z: numpy.ndarray, lines: Sequence[str], threshold: float, decoder: str, weight: float,
+                    bias: float, max_len: int) -> List[float]:
+    """Per pair of ``lines`` (their pairs in order, as ``z``): 1.0 / 0.0 as ``decoder`` decodes them."""
+    from .decoding import decode_joins, length_prior
+
+    offsets = numpy.cumsum([0] + [max(len(t) - 1, 0) for t in lines])
+    per_line = [(t, z[a:b], _rules(t)) for t, a, b in zip(lines, offsets[:-1], offsets[1:])]
+    dec = None
+    if decoder == "semi_markov":
+        plain = [words_from_joins(t, decode_joins(v, r, threshold)) for t, v, r in per_line if t]
+        dec = {"name": "semi_markov", "length_logprior": length_prior(plain, max_len), "weight": weight, "bias": bias}
+    out: List[float] = []
+    for t, v, r in per_line:
+        out += [float(j) for j in decode_joins(v, r, threshold, dec)]
+    return out
+
+
+def with_semi_markov(student, texts: Sequence[str], *, weight: float = 1.0, bias: float = 0.0,
+                     max_len: int = 6):
+    """``student`` with the semi-Markov decoder, its word-length prior taken from the student's
+    own threshold decoding of the raw ``texts`` (no gold). RETURNS: a new SegmenterStudent."""
+    from .decoding import length_prior
+    from .student import SegmenterStudent
+
+    plain = SegmenterStudent(student.weights, student.counts, student.threshold, meta=student.meta,
+                             features=student.features)
+    prior = length_prior([plain.segment(t) for t in texts], max_len)
+    return SegmenterStudent(student.weights, student.counts, student.threshold, meta=student.meta,
+                            features=student.features,
+                            decoder={"name": "semi_markov", "length_logprior": prior, "weight": weight, "bias": bias})

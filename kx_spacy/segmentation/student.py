@@ -26,7 +26,8 @@ import numpy
 from ..errors import KxError
 
 STUDENT_FORMAT = "kx_spacy.segmenter_student"
-STUDENT_VERSION = 1
+STUDENT_VERSION = 2  # 2: feature set and decoder saved (a version-1 folder reads as "base" + threshold)
+READABLE_VERSIONS = (1, 2)
 META_FILE = "meta.json"
 WEIGHTS_FILE = "student.msgpack"
 
@@ -42,14 +43,28 @@ class SegmenterStudent:
     counts (CorpusCounts): unigram / bigram counts for the PMI features.
     threshold (float): join a pair whose probability is at least this.
     meta (Dict): settings and training statistics (saved with the student, not used).
+    features (str): the feature set of :func:`~.self_training.pair_features` it was trained on.
+    decoder (Optional[Dict]): how pair scores become words (:mod:`.decoding`; default: the
+        threshold on each pair).
     """
 
-    def __init__(self, weights: numpy.ndarray, counts, threshold: float, meta: Optional[Dict] = None):
+    def __init__(self, weights: numpy.ndarray, counts, threshold: float, meta: Optional[Dict] = None,
+                 features: str = "base", decoder: Optional[Dict] = None):
+        from .decoding import DecoderError, check_decoder
+        from .self_training import FEATURE_SETS
+
         self.weights = numpy.asarray(weights, dtype=numpy.float64)
         if self.weights.ndim != 1 or self.weights.size == 0:
             raise StudentFormatError("A student's weights are a non-empty vector.")
+        if features not in FEATURE_SETS:
+            raise StudentFormatError(f"Unknown student feature set {features!r} (known: {', '.join(FEATURE_SETS)}).")
         self.counts = counts
         self.threshold = float(threshold)
+        self.features = features
+        try:
+            self.decoder = check_decoder(decoder)
+        except DecoderError as err:
+            raise StudentFormatError(str(err)) from None
         self.meta = dict(meta or {})
 
     @property
@@ -57,26 +72,28 @@ class SegmenterStudent:
         return int(self.weights.size)
 
     # ------------------------------------------------------------------ segmenting
-    def probabilities(self, units: Sequence[str]) -> numpy.ndarray:
-        """P(join) of each adjacent pair of ``units`` (characters, or a doc's tokens)."""
+    def log_odds(self, units: Sequence[str]) -> numpy.ndarray:
+        """The classifier's log-odds of a join for each adjacent pair of ``units``."""
         from .self_training import _hash, pair_features
 
         units = list(units)
         w = self.weights
-        z = numpy.array([w[_hash(pair_features(units, k, self.counts), self.dim)].sum()
-                         for k in range(len(units) - 1)], dtype=numpy.float64)
-        return 1.0 / (1.0 + numpy.exp(-z))
+        return numpy.array([w[_hash(pair_features(units, k, self.counts, self.features), self.dim)].sum()
+                            for k in range(len(units) - 1)], dtype=numpy.float64)
+
+    def probabilities(self, units: Sequence[str]) -> numpy.ndarray:
+        """P(join) of each adjacent pair of ``units`` (characters, or a doc's tokens)."""
+        return 1.0 / (1.0 + numpy.exp(-self.log_odds(units)))
 
     def joins(self, units: Sequence[str]) -> List[bool]:
         """Per adjacent pair: join (True) or cut (False); the rules decide where they apply."""
         from ..perturbed.segmenter import _pair_rules
+        from .decoding import decode_joins
 
         units = list(units)
         if len(units) < 2:
             return []
-        prob = self.probabilities(units)
-        return [bool(r) if r is not None else bool(p >= self.threshold)
-                for r, p in zip(_pair_rules(units), prob)]
+        return decode_joins(self.log_odds(units), _pair_rules(units), self.threshold, self.decoder)
 
     def segment(self, text: str) -> List[str]:
         """The words of ``text`` (one line, no whitespace expected: each character a unit)."""
@@ -90,7 +107,7 @@ class SegmenterStudent:
         return {"dim": self.dim, "threshold": self.threshold,
                 "w_index": nz.astype(numpy.int64).tolist(), "w_value": self.weights[nz].tolist(),
                 "unigrams": dict(self.counts.unigrams), "bigrams": dict(self.counts.bigrams),
-                "total": int(self.counts.total)}
+                "total": int(self.counts.total), "features": self.features, "decoder": self.decoder}
 
     def _meta(self) -> Dict:
         return {"format": STUDENT_FORMAT, "version": STUDENT_VERSION, **self.meta}
@@ -147,17 +164,18 @@ class SegmenterStudent:
 
         if not isinstance(meta, dict) or meta.get("format") != STUDENT_FORMAT:
             raise StudentFormatError(f"{where} is not a kx_spacy segmenter student (format {meta.get('format') if isinstance(meta, dict) else None!r}).")
-        if meta.get("version") != STUDENT_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise StudentFormatError(
                 f"{where} holds a student of format version {meta.get('version')!r}; this kx_spacy reads "
-                f"version {STUDENT_VERSION}. Train it again with this version's self-train-segmenter.")
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}. Train it again with this version's self-train-segmenter.")
         try:
             dim = int(payload["dim"])
             w = numpy.zeros(dim, dtype=numpy.float64)
             w[numpy.asarray(payload["w_index"], dtype=numpy.int64)] = numpy.asarray(payload["w_value"], dtype=numpy.float64)
             counts = CorpusCounts(Counter(payload["unigrams"]), Counter(payload["bigrams"]), int(payload["total"]))
             threshold = float(payload["threshold"])
+            features, decoder = payload.get("features", "base"), payload.get("decoder")
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise StudentFormatError(f"{where}: the student's data is incomplete ({type(err).__name__}: {err}).") from None
         extra = {k: v for k, v in meta.items() if k not in ("format", "version")}
-        return cls(w, counts, threshold, meta=extra)
+        return cls(w, counts, threshold, meta=extra, features=features, decoder=decoder)

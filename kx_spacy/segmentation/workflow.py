@@ -29,6 +29,9 @@ def run_self_training(
     teacher_weights: Optional[Sequence[float]] = None, max_len: int = 4, min_count: int = 1,
     impacts_cache: Optional[Path] = None, threads: int = 1, output: Optional[Path] = None,
     segmented: Optional[Path] = None, save_model: Optional[Path] = None, progress: bool = True,
+    features: str = "base", relabel: str = "segment", confident: float = 0.9, decoder: str = "threshold",
+    decoder_weight: float = 1.0, decoder_bias: float = 0.0, decoder_max_len: int = 6,
+    round_labels: str = "confident",
 ) -> Tuple[Dict, List[List[str]]]:
     """Self-train a segmenter on the raw lines of ``input_path`` (no gold data used).
 
@@ -46,7 +49,8 @@ def run_self_training(
     segmented (Optional[Path]): where the segmented lines go (space separated).
     save_model (Optional[Path]): where the student folder goes (``kx_self_trained_segmenter``
         loads it; see :class:`kx_spacy.segmentation.student.SegmenterStudent`).
-    Other settings: see :func:`kx_spacy.segmentation.self_training.self_train` and
+    Other settings (features, relabel, confident, round_labels, decoder*): see
+    :func:`kx_spacy.segmentation.self_training.train_student` and
     :func:`kx_spacy.segmentation.teachers.teacher_scores`.
     RETURNS (Tuple[Dict, List[List[str]]]): the results and the words of each segmented line.
     """
@@ -76,14 +80,18 @@ def run_self_training(
                             min_count=min_count, cache=impacts_cache, weights=weights, progress=progress)
     teacher_s = time.perf_counter() - start
     student, stats = train_student(teach, taught["scores"], seg_lines, high=high, low=low, rounds=rounds,
-                                   threshold=threshold, join_rate=join_rate, extra_texts=extra_texts)
+                                   threshold=threshold, join_rate=join_rate, extra_texts=extra_texts,
+                                   features=features, relabel=relabel, confident=confident, decoder=decoder,
+                                   decoder_weight=decoder_weight, decoder_bias=decoder_bias,
+                                   decoder_max_len=decoder_max_len, round_labels=round_labels)
     words, stats["predicted_join_rate"] = segment_lines(student, seg_lines)
     result = {"input": str(input_path), "encoder": enc, "teacher": teacher, "teacher_weights": weights,
               "teach_lines": n_input_teach, "extra": [str(p) for p in extra or []],
               "extra_characters": sum(map(len, extra_texts)),
               "teach_extra": [str(p) for p in teach_extra or []], "teach_extra_lines": len(more),
               "lines": len(seg_lines), "high": high, "low": low, "rounds": rounds, "threshold": threshold,
-              "join_rate": join_rate, "max_len": max_len, "min_count": min_count, "stats": stats,
+              "join_rate": join_rate, "max_len": max_len, "min_count": min_count, "features": features,
+              "relabel": relabel, "confident": confident, "round_labels": round_labels, "decoder": student.decoder, "stats": stats,
               "teacher_seconds": round(teacher_s, 1), "seconds": round(time.perf_counter() - start, 1)}
     if gold_path:
         from ..scoring import segmentation_scores

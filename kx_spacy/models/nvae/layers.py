@@ -6,7 +6,8 @@ Pure torch; no device is assumed (parameters follow the module, buffers travel w
 from __future__ import annotations
 
 import math
-from typing import List
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -73,19 +74,47 @@ class WNConv2d(nn.Conv2d):
         else:
             self.register_parameter("log_gain", None)
 
-    def effective_weight(self) -> torch.Tensor:
-        """The kernel the convolution applies (weight-normalised when enabled)."""
+    #: the kernel computed once for a block of passes (``cached_weights``); None: compute
+    _cached_weight: Optional[torch.Tensor] = None
+
+    def compute_weight(self) -> torch.Tensor:
+        """The kernel from the current parameters (weight-normalised when enabled)."""
         if not self.weight_norm:
             return self.weight
         norm = self.weight.flatten(1).norm(dim=1).clamp_min(1e-5)
         scale = self.log_gain.exp() / norm
         return self.weight * scale.view(-1, 1, 1, 1)
 
+    def effective_weight(self) -> torch.Tensor:
+        """The kernel the convolution applies: the cached one inside ``cached_weights``,
+        else computed from the current parameters."""
+        if self._cached_weight is not None:
+            return self._cached_weight
+        return self.compute_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(
             x, self.effective_weight(), self.bias, self.stride, self.padding, self.dilation,
             self.groups,
         )
+
+
+@contextmanager
+def cached_weights(convs: Sequence[WNConv2d]) -> Iterator[None]:
+    """Compute every kernel of ``convs`` once for the enclosed passes (one training step: the
+    forward pass and the spectral regulariser then share the weight-normalised kernels and
+    their graph, instead of normalising each weight twice). The parameters must not change
+    inside the block; the cache is dropped on exit, also after an error.
+
+    convs (Sequence[WNConv2d]): the convolutions (e.g. ``conv_layers(model)``).
+    """
+    try:
+        for m in convs:
+            m._cached_weight = m.compute_weight() if m.weight_norm else None
+        yield
+    finally:
+        for m in convs:
+            m._cached_weight = None
 
 
 class BNSwish(nn.Sequential):

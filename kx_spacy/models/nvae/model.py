@@ -28,7 +28,7 @@ from .distributions import (
     output_channels,
     sum_per_example,
 )
-from .layers import WNConv2d, bn_layers, conv_layers
+from .layers import WNConv2d, bn_layers, cached_weights, conv_layers
 from .regularizers import (
     SpectralRegularizer,
     balanced_kl,
@@ -342,15 +342,17 @@ class NVAE(nn.Module):
         kl_balance (bool): balance the groups' KL while β < 1.
         RETURNS (NVAELoss): the loss and its parts (mean over the batch, in nats).
         """
-        out = self.forward(x)
-        weighted_kl, coeffs = balanced_kl(out.kl_groups, kl_coeff, self.kl_alpha, kl_balance)
-        recon = -out.recon_log_prob.mean()
-        loss = recon + weighted_kl.mean()
-        if reg_coeff > 0:
-            spectral, bn = self.regularizers()
-            loss = loss + reg_coeff * (spectral + bn)
-        else:
-            spectral = bn = torch.zeros((), device=x.device)
+        # the weight-normalised kernels are computed once: the pass and the spectral term share them
+        with cached_weights(self._convs if reg_coeff > 0 else ()):
+            out = self.forward(x)
+            weighted_kl, coeffs = balanced_kl(out.kl_groups, kl_coeff, self.kl_alpha, kl_balance)
+            recon = -out.recon_log_prob.mean()
+            loss = recon + weighted_kl.mean()
+            if reg_coeff > 0:
+                spectral, bn = self.regularizers()
+                loss = loss + reg_coeff * (spectral + bn)
+            else:
+                spectral = bn = torch.zeros((), device=x.device)
         kl_mean = out.kl_groups.mean(dim=0)
         return NVAELoss(
             loss=loss,

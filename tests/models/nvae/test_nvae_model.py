@@ -11,7 +11,7 @@ from kx_spacy.models.nvae.distributions import (  # noqa: E402
     DiagonalNormal,
     DiscretizedLogisticMixture,
 )
-from kx_spacy.models.nvae.layers import WNConv2d, soft_clamp  # noqa: E402
+from kx_spacy.models.nvae.layers import WNConv2d, cached_weights, soft_clamp  # noqa: E402
 from kx_spacy.models.nvae.mlp_vae import MLPVAE  # noqa: E402
 from kx_spacy.models.nvae.model import NVAE  # noqa: E402
 from kx_spacy.models.nvae.regularizers import (  # noqa: E402
@@ -160,6 +160,39 @@ def test_weight_norm_conv_starts_as_plain_conv():
     with torch.no_grad():
         conv.log_gain.add_(math.log(2.0))
     assert torch.allclose(conv.effective_weight(), 2 * conv.weight, atol=1e-5)
+
+
+def test_cached_weights_give_the_uncached_loss_and_gradients():
+    """objective() normalises each kernel once per step (cached_weights): the loss and every
+    gradient equal those of a pass that normalises the kernels at every use."""
+    def run(cache):
+        torch.manual_seed(0)
+        model = NVAE(NVAEConfig.tiny())
+        x = _binary(seed=3)
+        torch.manual_seed(1)
+        if cache:
+            loss = model.objective(x, kl_coeff=0.5, reg_coeff=1e-2).loss
+        else:  # the same terms, each kernel normalised where it is used
+            out = model(x)
+            w, _ = balanced_kl(out.kl_groups, 0.5, model.kl_alpha)
+            spectral, bn = model.regularizers()
+            loss = -out.recon_log_prob.mean() + w.mean() + 1e-2 * (spectral + bn)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()], model
+
+    loss_c, grads_c, model = run(True)
+    loss_u, grads_u, _ = run(False)
+    assert torch.allclose(loss_c, loss_u, rtol=1e-5)
+    for gc, gu in zip(grads_c, grads_u):
+        assert torch.allclose(gc, gu, rtol=1e-4, atol=1e-6)
+    conv = model._convs[0]
+    assert conv._cached_weight is None  # dropped after the step
+    with cached_weights([conv]):
+        assert conv.effective_weight() is conv.effective_weight()
+        assert torch.allclose(conv.effective_weight(), conv.compute_weight())
+    with pytest.raises(RuntimeError), cached_weights([conv]):
+        raise RuntimeError("boom")
+    assert conv._cached_weight is None  # also after an error
 
 
 def test_kl_warmup_and_balancing():

@@ -108,8 +108,8 @@ def _generator_tables(summary) -> str:
 
 
 def _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate,
-               candidate_batch) -> dict:
-    return {"num_candidates": num_candidates, "beta": beta, "candidate_scale": candidate_scale,
+               candidate_batch, noise=1.0) -> dict:
+    return {"num_candidates": num_candidates, "beta": beta, "candidate_scale": candidate_scale, "noise": noise,
             "mle_mix": mle_mix, "parameters": [p for p in parameters.split(",") if p.strip()],
             "zero_candidate": zero_candidate, "candidate_batch": candidate_batch}
 
@@ -135,6 +135,8 @@ def finetune_generator_mgs_cli(
     num_candidates: int = typer.Option(4, help="K (PG / MRT draw K + 1 samples per input)."),
     beta: float = typer.Option(100.0, help="MGS β."),
     candidate_scale: float = typer.Option(1.0, help="MGS candidate step scale c (1.0 = reference)."),
+    noise: float = typer.Option(1.0, help="MGS noise multiplier: σ_j = noise × mean |g_j| per tensor (1.0 = "
+                                "reference)."),
     mle_mix: float = typer.Option(0.0, help="α: probability of an MLE update."),
     parameters: str = typer.Option("", help="Parameter name patterns to train, comma-separated (empty: all)."),
     zero_candidate: bool = typer.Option(False, help="Add the current model (ε = 0) to MGS's candidates."),
@@ -161,7 +163,7 @@ def finetune_generator_mgs_cli(
     torch.set_num_threads(threads)
     train_pairs = read_pairs(train, limit=train_limit)
     overrides = _overrides(num_candidates, beta, candidate_scale, mle_mix, parameters, zero_candidate,
-                           candidate_batch)
+                           candidate_batch, noise)
     if compare:
         from ..generation.mgs_generator import compare_generator_methods
 

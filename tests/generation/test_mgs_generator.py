@@ -156,9 +156,12 @@ def test_cli_single_run_compare_and_summary(saved_pipeline, tmp_path):
     res = runner.invoke(app, ["finetune-generator-mgs", str(saved_pipeline), str(pairs), str(tmp_path / "cmp"),
                               "--compare", "--test", str(pairs), "--methods", "mle,mgs", "--seeds", "0",
                               "--steps", "1000", "--max-minutes", "0.02", "--clock", "process",
+                              "--task-loss", "nonterm+repeat+length", "--noise", "3", "--optimizer", "sgd",
                               "--output", str(tmp_path / "c.json")] + common)
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "c.json").read_text())["settings"]["clock"] == "process"
+    settings = json.loads((tmp_path / "c.json").read_text())["settings"]
+    assert settings["clock"] == "process" and settings["optimizer"] == "sgd"
+    assert settings["task_loss"] == "nonterm+repeat+length" and settings["config_overrides"]["noise"] == 3.0
     runs = json.loads((tmp_path / "c.json").read_text())["runs"]
     assert [r["method"] for r in runs] == ["start", "mle", "mgs"]
     assert all(1 <= r["cost_updates"] < 1000 for r in runs[1:])  # stopped by the time budget

@@ -110,11 +110,27 @@ class DecoderCell(nn.Module):
             layers.append(SqueezeExcite(out_channels))
         self.branch = nn.Sequential(*layers)
 
+    #: branch layers before the depthwise convolution (BN, 1×1 expand, BN–Swish): pointwise,
+    #: so an up-sampling cell runs them before the nearest 2× resize (see forward)
+    POINTWISE_PREFIX = 3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = self.skip(x)
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return skip + RESIDUAL_SCALE * self.branch(x)
+        if not self.upsample:
+            return self.skip(x) + RESIDUAL_SCALE * self.branch(x)
+        # Nearest 2× resizing copies each pixel into a 2×2 block, so it commutes with every
+        # per-pixel layer (1×1 convolutions, Swish) and leaves batch statistics unchanged
+        # (the same mean and biased variance; only the running variance's n/(n−1) correction
+        # sees 4× more pixels). The skip's 1×1 convolution and the branch's pointwise prefix
+        # therefore run at the input size and are resized after: the same function and
+        # gradients as resizing first, at a quarter of their cost.
+        up = self.skip.conv(x)
+        h = x
+        for layer in self.branch[: self.POINTWISE_PREFIX]:
+            h = layer(h)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        for layer in self.branch[self.POINTWISE_PREFIX :]:
+            h = layer(h)
+        return F.interpolate(up, scale_factor=2, mode="nearest") + RESIDUAL_SCALE * h
 
 
 class EncoderCombiner(nn.Module):

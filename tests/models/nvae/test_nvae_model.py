@@ -195,6 +195,42 @@ def test_cached_weights_give_the_uncached_loss_and_gradients():
     assert conv._cached_weight is None  # also after an error
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsampling_decoder_cell_equals_resize_first(channels_last):
+    """An up-sampling DecoderCell runs its pointwise layers before the nearest 2× resize:
+    output, gradients and BN running means equal those of resizing first."""
+    import torch.nn.functional as F
+
+    from kx_spacy.models.nvae.cells import RESIDUAL_SCALE, DecoderCell
+
+    torch.manual_seed(0)
+    cell = DecoderCell(8, 4, expansion=2, upsample=True)
+    ref = DecoderCell(8, 4, expansion=2, upsample=True)
+    ref.load_state_dict(cell.state_dict())
+    x = torch.randn(3, 8, 5, 5)
+    if channels_last:
+        cell, ref = cell.to(memory_format=torch.channels_last), ref.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    for mode in ("train", "eval"):
+        getattr(cell, mode)(), getattr(ref, mode)()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = cell(xa)
+        big = F.interpolate(xb, scale_factor=2, mode="nearest")
+        want = ref.skip(xb) + RESIDUAL_SCALE * ref.branch(big)
+        assert out.shape == (3, 4, 10, 10)
+        assert torch.allclose(out, want, atol=1e-5)
+        g = torch.randn_like(out)
+        out.backward(g)
+        want.backward(g)
+        assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+        for pa, pb in zip(cell.parameters(), ref.parameters()):
+            assert torch.allclose(pa.grad, pb.grad, rtol=1e-3, atol=1e-4)
+    for ba, bb in zip(cell.modules(), ref.modules()):
+        if isinstance(ba, torch.nn.BatchNorm2d):
+            assert torch.allclose(ba.running_mean, bb.running_mean, atol=1e-6)
+            assert torch.allclose(ba.running_var, bb.running_var, rtol=0.02)
+
+
 def test_kl_warmup_and_balancing():
     assert kl_warmup_coefficient(0.0) == pytest.approx(1e-4)
     assert kl_warmup_coefficient(0.15, anneal_portion=0.3) == pytest.approx(0.5, abs=1e-3)

@@ -91,6 +91,10 @@ def test_student_with_be_features_semi_markov_and_round_two(tmp_path):
     assert again.decoder == student.decoder and again.features == "be"
     assert [again.segment(t) for t in teach[:20]] == [student.segment(t) for t in teach[:20]]
     assert SegmenterStudent.from_bytes(student.to_bytes()).decoder == student.decoder
+    long = "".join(teach) * 20  # one line of ~25k characters: the decoder is linear in its length
+    assert "".join(student.segment(long)) == long
+    for text in ["魑魅魍魉", "我们喜欢Python3.5和北京！", "", "好", "ﾃｽﾄ테스트我们"]:
+        assert "".join(student.segment(text)) == text
     for bad in ({"features": "mlm"}, {"relabel": "some"}, {"confident": 0.4}, {"decoder": "crf"}):
         with pytest.raises(SelfTrainingError):
             train_student(teach, impacts, teach, **bad)

@@ -37,7 +37,8 @@ export PATH="$PWD/$VENV/bin:$PATH"
 cmd=${1:-demo}; shift || true
 case "$cmd" in
   demo) exec python -m kx_spacy demo "$@" ;;
-  test) exec python -m pytest -q -p no:cacheprovider tests "$@" ;;
+  # two workers (KX_TEST_WORKERS), a test module per work unit, the longest unit first: tests/conftest.py
+  test) exec python -m pytest -q -p no:cacheprovider -n "${KX_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder tests "$@" ;;
   project) [ "${1:-}" = run ] && shift  # both `./run.sh project all-cpu` and `./run.sh project run all-cpu`
     exec python -m spacy project run "$@" ;;
   *) exec "$cmd" "$@" ;;

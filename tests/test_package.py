@@ -1,14 +1,14 @@
 """The model wheels en_kx_demo / zh_kx_demo (project commands package-en-demo / package-zh-demo).
 
-Tiny offline sources: a tiny random MLM (its own copy, deleted before the wheels are loaded),
-transformer-only base pipelines on it, and a textcat and two generators trained a few steps by
-`spacy train` with the project's own CPU configs. The project commands (project.yml as
-committed) assemble and package both pipelines; the wheels are installed into a fresh venv and
-must annotate 20 texts each exactly as the source pipelines do.
+The sources and wheels are those of the CI-sized all-cpu workflow run (conftest's `all_cpu_run`,
+tests/workflow_data.py): a tiny random MLM (its own copy, deleted after the run), and a textcat
+and two generators trained a few steps by the workflow's `spacy train` steps with the project's
+own CPU configs; its package-en-demo / package-zh-demo steps (project.yml as committed)
+assemble and package both pipelines. The wheels are installed into a fresh venv and must
+annotate 20 texts each exactly as the source pipelines do.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import venv
@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from weasel.util import load_project_config
 
 ROOT = Path(__file__).resolve().parents[1]
-VERSION = "0.0.1"
 
 EN_TEXTS = [
     "the cat sat on the mat .", "I liked this movie very much .", "a terrible , boring film .",
@@ -88,72 +88,25 @@ def _same(a, b, path="doc"):
         assert a == b, (path, a, b)
 
 
-def _train(config: str, output: Path, overrides: dict) -> Path:
-    """`spacy train` (in this process) with a config of the project, a few steps."""
-    from spacy.cli.train import train
-
-    common = {"training.max_epochs": 0, "training.max_steps": 4, "training.eval_frequency": 2, "system.seed": 0}
-    train(ROOT / config, output, overrides={**common, **overrides})
-    return output / "model-best"
-
-
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """Trained tiny source pipelines: SST-2-style textcat, AG-News-style and couplets generators."""
-    import torch
-
-    from kx_spacy.attribution.workflow import write_docbin
-    from kx_spacy.generation.workflow import build_base_pipeline
-    from kx_spacy.testing import make_tiny_mlm
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("wheel_sources")
-    mlm = make_tiny_mlm(tmp / "mlm")  # removed once the sources are built: the wheels must not need it
-    build_base_pipeline("en", str(mlm), tmp / "en_base", window=24, stride=16)
-    build_base_pipeline("zh", str(mlm), tmp / "zh_base", window=24, stride=16)
-    rows = [("I liked this movie very much .", 1), ("a wonderful , funny film .", 1), ("the story was good .", 1),
-            ("a terrible , boring film .", 0), ("I hate this awful movie .", 0), ("the plot was bad .", 0)]
-    write_docbin(rows, "en", tmp / "sst.spacy")
-    textcat = _train("configs/textcat/sst2_cpu.cfg", tmp / "textcat", {
-        "paths.train": str(tmp / "sst.spacy"), "paths.dev": str(tmp / "sst.spacy"), "paths.base": str(tmp / "en_base"),
-        "training.batcher.size": 4})
-    small = {"components.kx_generator.model.d_model": 16, "components.kx_generator.model.n_heads": 2,
-             "components.kx_generator.model.n_layers": 1, "components.kx_generator.min_freq": 1,
-             "components.kx_generator.max_length": 8, "training.batcher.size": 4, "corpora.dev.limit": 4}
-    en_pairs = [("the cat sat on the mat .", "cat sat"), ("the dog ran in the park .", "dog ran"),
-                ("a man gave a book to the child .", "man gave book"), ("the city was big and old .", "big city")]
-    (tmp / "en.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in en_pairs), encoding="utf8")
-    en_gen = _train("configs/generator/agnews_cpu.cfg", tmp / "generator_en", {
-        **small, "paths.train": str(tmp / "en.tsv"), "paths.dev": str(tmp / "en.tsv"), "paths.base": str(tmp / "en_base")})
-    zh_pairs = [("春天来了", "秋月明"), ("山水美丽", "花鸟快乐"), ("今天天气很好", "我爱中国"), ("北京", "南开")]
-    (tmp / "zh.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zh_pairs), encoding="utf8")
-    zh_gen = _train("configs/generator/couplets_cpu.cfg", tmp / "generator_zh", {
-        **small, "paths.train": str(tmp / "zh.tsv"), "paths.dev": str(tmp / "zh.tsv"), "paths.base": str(tmp / "zh_base")})
-    shutil.rmtree(mlm)
-    torch.set_num_threads(threads)
-    return {"tmp": tmp, "textcat": textcat, "en_generator": en_gen, "zh_generator": zh_gen}
+def sources(all_cpu_run):
+    """The pipelines the all-cpu workflow trained (conftest's `all_cpu_run`) and fed to its
+    package commands: the SST-2 textcat and the AG News and couplets generators."""
+    run = all_cpu_run["run"]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    project = all_cpu_run["project"]
+    vars_ = load_project_config(project, overrides={f"vars.{k}": v for k, v in all_cpu_run["overrides"].items()})["vars"]
+    return {"project": project, "version": vars_["package_version"], "vars": vars_,
+            **{key: project / vars_[name] for key, name in (("textcat", "en_demo_textcat"),
+                                                             ("en_generator", "en_demo_generator"),
+                                                             ("zh_generator", "zh_demo_generator"))}}
 
 
 @pytest.fixture(scope="module")
 def packaged(sources):
-    """`spacy project run package-en-demo` and `package-zh-demo` on a copy of the project."""
-    project = sources["tmp"] / "project"
-    project.mkdir()
-    shutil.copy(ROOT / "project.yml", project / "project.yml")
-    for name in ("configs", "kx_spacy"):  # the commands' config files and code deps
-        (project / name).symlink_to(ROOT / name)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               OMP_NUM_THREADS="1")
-    overrides = {"package-en-demo": ["--vars.en_demo_textcat", str(sources["textcat"]),
-                                     "--vars.en_demo_generator", str(sources["en_generator"])],
-                 "package-zh-demo": ["--vars.zh_demo_generator", str(sources["zh_generator"])]}
-    for command, extra in overrides.items():
-        run = subprocess.run([sys.executable, "-m", "spacy", "project", "run", command, str(project),
-                              "--vars.package_version", VERSION, *extra],
-                             capture_output=True, text=True, env=env, cwd=project)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    wheels = {lang: next((project / "packages").glob(f"{lang}_kx_demo-{VERSION}/dist/*.whl")) for lang in ("en", "zh")}
+    """The wheels of `package-en-demo` and `package-zh-demo` (steps of the all-cpu workflow)."""
+    project, version = sources["project"], sources["version"]
+    wheels = {lang: next((project / "packages").glob(f"{lang}_kx_demo-{version}/dist/*.whl")) for lang in ("en", "zh")}
     return {"project": project, "wheels": wheels}
 
 
@@ -179,8 +132,9 @@ def test_assembled_pipelines_share_one_transformer_and_keep_the_trained_componen
     en = spacy.load(training / "en_kx_demo")
     assert en.pipe_names == ["transformer", "kx_parser", "textcat", "kx_attributor", "kx_generator"]
     assert sorted(en.get_pipe("transformer").listening_components) == ["kx_generator", "textcat"]
-    assert en.meta["kx_sources"] == {"transformer": str(sources["textcat"]), "textcat": str(sources["textcat"]),
-                                     "kx_generator": str(sources["en_generator"])}
+    # the source paths as the package command passed them (relative to the project)
+    textcat, generator = sources["vars"]["en_demo_textcat"], sources["vars"]["en_demo_generator"]
+    assert en.meta["kx_sources"] == {"transformer": textcat, "textcat": textcat, "kx_generator": generator}
     ours = _annotate(en, EN_TEXTS)
     # the trained components annotate as they did in their own pipelines
     for source, key in ((sources["textcat"], "cats"), (sources["en_generator"], "generation")):

@@ -106,3 +106,53 @@ def make_fake_data(root, *, seed: int = 0) -> Path:
         images = (nprng.random((20, 28, 28)) < 0.2).astype(np.uint8) * 255
         np.savez(mnist / f"train_images_recon_{i}.npz", images=images)
     return root
+
+
+# every cpu_* size var of project.yml turned down to CI size
+TINY_VARS = {
+    "cpu_mlm_minutes": 0.1, "cpu_mlm_steps": 3, "cpu_mlm_width": 16, "cpu_mlm_layers": 1, "cpu_mlm_min_count": 1,
+    "cpu_segment_lines": 3, "cpu_parse_sentences": 4, "cpu_train_rows": 40, "cpu_dev_rows": 8, "cpu_generator_dev_rows": 4, "cpu_train_steps": 2, "cpu_generator_steps": 2, "cpu_eval_every": 2,
+    "cpu_eval_rows": 4, "cpu_explain_n": 1, "cpu_generator_random": 2, "cpu_generator_max_l": 8,
+    "cpu_nvae_minutes": 0.02, "cpu_nvae_k": 2, "cpu_nvae_images": 4,
+    "cpu_lm_minutes": 0.05, "cpu_lm_steps": 2, "cpu_lm_context": 32, "cpu_attention_max_t": 128,
+}
+
+
+def run_all_cpu_workflow(tmp: Path, encoder: Path) -> dict:
+    """`spacy project run all-cpu` at CI size in a scratch copy of the project (project.yml
+    copied; configs/ and kx_spacy/ linked, since commands name files there as deps), on a
+    synthetic data folder. The encoder is copied and the copy removed after the run, so
+    whatever later loads the workflow's pipelines or wheels cannot lean on it.
+
+    Returns the project folder, the overrides, the subprocess result, the files of kx_spacy/
+    before and after, and the wall-clock seconds.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    project = tmp / "project"
+    project.mkdir()
+    shutil.copy(root / "project.yml", project / "project.yml")
+    for linked in ("configs", "kx_spacy"):
+        os.symlink(root / linked, project / linked)
+    data = make_fake_data(tmp / "data")
+    mlm = Path(shutil.copytree(encoder, tmp / "encoder"))
+    overrides = {**TINY_VARS, "data_dir": str(data), "python": sys.executable,
+                 "english_encoder": str(mlm), "chinese_encoder": str(mlm)}
+    args = [a for k, v in overrides.items() for a in (f"--vars.{k}", str(v))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "KX_DATA": str(data),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    snapshot = lambda: {p for p in (root / "kx_spacy").rglob("*") if "__pycache__" not in p.parts}  # noqa: E731
+    repo_before = snapshot()
+    start = time.time()
+    run = subprocess.run([sys.executable, "-m", "spacy", "project", "run", "all-cpu", str(project), *args],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=2400)
+    seconds = time.time() - start
+    shutil.rmtree(mlm)
+    return {"project": project, "overrides": overrides, "run": run, "seconds": seconds,
+            "repo_before": repo_before, "repo_after": snapshot()}

@@ -86,6 +86,7 @@ def evaluate_parser(
     layers=-1,
     distance: str = "euclidean",
     root_strategy: str = "centrality",
+    lang: str = "en",
     batch_size: int = 256,
     progress: bool = True,
     engine=None,
@@ -100,7 +101,10 @@ def evaluate_parser(
     scorings (Sequence[str]): which rows of ``SCORINGS`` to run.
     layers (int or List[int]): hidden layer(s) for the impacts.
     distance (str): impact distance ("euclidean", "cosine", "manhattan").
-    root_strategy (str): ``predict_root`` strategy for the ``pred`` rows.
+    root_strategy (str): root predictor of the ``pred`` rows: a ``predict_root`` strategy,
+        "lexical" (``kx_spacy.LexicalRoot.v1`` of ``lang``) or "language" (kx_parser's
+        default ``kx_spacy.LanguageRoot.v1`` bound to ``lang``).
+    lang (str): the sentences' language (the lexical root predictors and the kx_parser row).
     batch_size (int): most masked inputs per forward.
     progress (bool): show a progress bar.
     engine (object or None): provides compute_impacts / impact_to_scores / predict_root
@@ -149,7 +153,8 @@ def evaluate_parser(
     for name in scorings:
         if SCORINGS[name][0] not in impact_modes:
             impact_modes.append(SCORINGS[name][0])
-    component = component_defaults() if component_row else None
+    component = component_defaults(lang) if component_row else None
+    predictors = _root_predictors(lang)
     if component and component["mode"] not in impact_modes:
         impact_modes.append(component["mode"])
     impacts = {}
@@ -182,6 +187,7 @@ def evaluate_parser(
     ranks = _piece_ranks(backbone, words) if hasattr(backbone, "tokenize_words") else None
 
     def roots_of(mats, strategy):
+        strategy = predictors.get(strategy, strategy)
         return [engine.predict_root(M, strategy, words=w, piece_ranks=None if ranks is None else ranks[i])
                 for i, (M, w) in enumerate(zip(mats, words))]
 
@@ -189,7 +195,7 @@ def evaluate_parser(
     pred_roots = {}
     for mode, mats in impacts.items():
         root_accuracy[mode] = {}
-        for strategy in engine.root_strategies:
+        for strategy in tuple(engine.root_strategies) + tuple(k for k in predictors if k != "language"):
             if strategy == "scored" and ranks is None:
                 continue
             roots = roots_of(mats, strategy)
@@ -246,23 +252,37 @@ def evaluate_parser(
         "rows": rows,
         "root_accuracy": root_accuracy,
         "root_strategy": root_strategy,
+        "lang": lang,
         "pred_root_from": first_mode,
         "impact_seconds": timings,
         "settings": {"layers": layers, "distance": distance, "scorings": list(scorings), "prior": prior},
     }
 
 
-def component_defaults() -> Dict:
-    """``kx_parser``'s default impact mode, scoring, root strategy and decoder (resolved from
-    its DEFAULT_CONFIG, so the ``kx_parser`` row follows the component)."""
+def component_defaults(lang: str = "en") -> Dict:
+    """``kx_parser``'s default impact mode, scoring, root strategy (bound to ``lang`` as the
+    component binds it to ``nlp.lang``) and decoder (resolved from its DEFAULT_CONFIG, so the
+    ``kx_parser`` row follows the component)."""
     from spacy.util import registry
 
     from ..perturbed.parser import DEFAULT_CONFIG
+    from ..perturbed.roots import bind_root_strategy
 
     resolved = registry.resolve({"decoder": DEFAULT_CONFIG["decoder"],
                                  "root_strategy": DEFAULT_CONFIG["root_strategy"]})
-    return {"scoring": DEFAULT_CONFIG["scoring"], "root_strategy": resolved["root_strategy"],
+    return {"scoring": DEFAULT_CONFIG["scoring"], "root_strategy": bind_root_strategy(resolved["root_strategy"], lang),
             "mode": DEFAULT_CONFIG["mode"], "decoder": resolved["decoder"]}
+
+
+def _root_predictors(lang: str) -> Dict:
+    """The named root predictors beyond ``predict_root``'s strategies: "language" (kx_parser's
+    default for ``lang``) and, where ``lang`` has fitted weights, "lexical"."""
+    from ..perturbed.roots import ROOT_WEIGHTS, LanguageRoot, LexicalRoot
+
+    out = {"language": LanguageRoot().for_language(lang)}
+    if lang in ROOT_WEIGHTS:
+        out["lexical"] = LexicalRoot(lang)
+    return out
 
 
 def _piece_ranks(backbone, words) -> List[List[int]]:
@@ -339,7 +359,8 @@ def evaluate_parser_cli(
     limit: int = typer.Option(0, help="At most this many sentences (after --max-words; 0 = all)."),
     layers: str = typer.Option("-1", help="Hidden layer index, or comma-separated indices to average."),
     distance: str = typer.Option("euclidean", help="Impact distance: euclidean, cosine, manhattan."),
-    root_strategy: str = typer.Option("scored", help="Root predictor of the pred rows: scored (kx_parser's default, kx_spacy.ScoredRoot.v1 with its default weights), centrality, root_row, in_degree, out_degree."),
+    root_strategy: str = typer.Option("language", help="Root predictor of the pred rows: language (kx_parser's default, kx_spacy.LanguageRoot.v1 bound to --lang), lexical (kx_spacy.LexicalRoot.v1 of --lang), scored (kx_spacy.ScoredRoot.v1 with its default weights), centrality, root_row, in_degree, out_degree."),
+    lang: str = typer.Option("en", help="Language of the sentences: the pipeline's language code (the root predictors of the pred and kx_parser rows follow it)."),
     scorings: str = typer.Option(",".join(DEFAULT_SCORINGS), help=f"Comma-separated rows from {list(SCORINGS)}."),
     layer_sets: Optional[str] = typer.Option(None, help="Several layer selections scored from ONE pass over the masked inputs, separated by ';' (e.g. '1;2;3;4;1,2,3,4'); overrides --layers."),
     load_impacts: Optional[Path] = typer.Option(None, help="Decode the matrices a --save-impacts run wrote (same file, --max-words and --limit) instead of running the encoder."),
@@ -361,11 +382,11 @@ def evaluate_parser_cli(
     set_threads(threads)
     sentences = [s for s in read_conllu(conllu, limit=limit, max_words=max_words, count_punct=max_words_mode == "all")
                  if len(s) > 0]
-    nlp = build_pipeline("en", english_encoder_path(encoder))
+    nlp = build_pipeline(lang, english_encoder_path(encoder))
     backbone = Backbone.from_nlp(nlp, "transformer")
     rows = [s.strip() for s in scorings.split(",") if s.strip()]
     sets = [_parse_layers(part) for part in layer_sets.split(";")] if layer_sets else [_parse_layers(layers)]
-    kwargs = dict(scorings=rows, distance=distance, root_strategy=root_strategy, batch_size=batch_size,
+    kwargs = dict(scorings=rows, distance=distance, root_strategy=root_strategy, lang=lang, batch_size=batch_size,
                   prior={"adjacent": prior_adjacent, "right": prior_right, "hub": prior_hub})
     given = _load_impacts(load_impacts, len(sentences)) if load_impacts else None
     if layer_sets and not given:

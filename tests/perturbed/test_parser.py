@@ -206,15 +206,17 @@ def test_max_sentence_words_is_checked(tiny_mlm_dir, bad):
 
 
 def test_root_strategy_default_block_and_the_old_strings(tiny_mlm_dir):
-    from kx_spacy.perturbed.impact import ScoredRoot
+    from kx_spacy.perturbed.roots import LexicalRoot
     from kx_spacy.testing import make_pipeline
 
     nlp = make_pipeline("en", tiny_mlm_dir)
     pipe = nlp.add_pipe("kx_parser")
-    assert isinstance(pipe.root_strategy, ScoredRoot)  # the registered default
-    assert nlp.config["components"]["kx_parser"]["root_strategy"]["@misc"] == "kx_spacy.ScoredRoot.v1"
+    # the registered default is language-aware: bound to the English lexical predictor
+    assert nlp.config["components"]["kx_parser"]["root_strategy"]["@misc"] == "kx_spacy.LanguageRoot.v1"
+    assert isinstance(pipe.root_strategy, LexicalRoot) and pipe.root_strategy.lang == "en"
     doc = nlp("I watched the movie .")
-    assert doc._.kx_parse["root_strategy"] == "scored"
+    assert doc._.kx_parse["root_strategy"] == "lexical-en"
+    assert doc._.kx_parse["sentences"][0]["root"] == 1  # "watched": after a subject pronoun, before a determiner
     assert_one_tree_per_sentence(doc)
     # the weights are settable from the config; position alone picks the first word
     nlp2 = make_pipeline("en", tiny_mlm_dir)
@@ -231,3 +233,35 @@ def test_root_strategy_default_block_and_the_old_strings(tiny_mlm_dir):
     nlp4 = make_pipeline("en", tiny_mlm_dir)
     nlp4.add_pipe("kx_parser", config={"root_strategy": "centrality"})
     assert nlp4("I watched the movie .")._.kx_parse["root_strategy"] == "centrality"
+
+
+def test_default_root_predictor_follows_the_pipeline_language(tiny_mlm_dir):
+    """kx_parser's default root predictor is chosen per nlp.lang: English and Chinese get their
+    own lexical weights, a language without any gets the centrality fallback."""
+    import numpy
+
+    from kx_spacy.perturbed.roots import ROOT_WEIGHTS, LexicalRoot
+    from kx_spacy.testing import make_pipeline
+
+    picked = {}
+    for lang in ("en", "zh", "de"):
+        nlp = make_pipeline(lang, tiny_mlm_dir)
+        picked[lang] = nlp.add_pipe("kx_parser").root_strategy
+    assert isinstance(picked["en"], LexicalRoot) and picked["en"].weights == ROOT_WEIGHTS["en"]
+    assert isinstance(picked["zh"], LexicalRoot) and picked["zh"].weights == ROOT_WEIGHTS["zh"]
+    assert picked["de"] == "centrality"
+    # the two tables really differ where it matters: the same "sentence" gets different roots
+    words = ["他", "看", "了", "书"]
+    M = numpy.zeros((5, 5))
+    assert picked["zh"](M, words) == 2  # 看: before the aspect marker 了
+    zh_doc = make_pipeline("zh", tiny_mlm_dir)
+    zh_doc.add_pipe("kx_parser")
+    from spacy.tokens import Doc
+
+    doc = zh_doc(Doc(zh_doc.vocab, words=words, spaces=[False] * 4))
+    assert doc._.kx_parse["root_strategy"] == "lexical-zh"
+    assert doc._.kx_parse["sentences"][0]["root"] == 1
+    # an explicit choice is not overridden by the language
+    nlp = make_pipeline("zh", tiny_mlm_dir)
+    pipe = nlp.add_pipe("kx_parser", config={"root_strategy": {"@misc": "kx_spacy.LexicalRoot.v1", "lang": "en"}})
+    assert pipe.root_strategy.lang == "en"

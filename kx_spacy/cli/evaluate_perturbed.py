@@ -298,7 +298,8 @@ def _component_trees(engine, mats, words, defaults: Dict, ranks=None) -> List:
     for i, (M, w) in enumerate(zip(mats, words)):
         root = engine.predict_root(M, defaults["root_strategy"], words=w,
                                    piece_ranks=None if ranks is None else ranks[i])
-        trees.append(defaults["decoder"](engine.impact_to_scores(M, defaults["scoring"]), root))
+        extra = {"root": root} if defaults["scoring"] == "symmetric_prior" else {}
+        trees.append(defaults["decoder"](engine.impact_to_scores(M, defaults["scoring"], **extra), root))
     return trees
 
 

@@ -211,6 +211,11 @@ def test_kx_scores_are_log_probabilities_over_heads():
     assert numpy.all(prior[0] == 0) and numpy.all(prior[:, 0] == 0)
     bonus = impact_to_scores(M, "symmetric_prior", adjacent=2.0, right=1.0) - prior
     assert bonus[3, 2] == pytest.approx(3.0) and bonus[2, 3] == pytest.approx(2.0) and bonus[4, 2] == 0
+    # the root-word bonus: only the arcs headed by the given root, never its diagonal
+    hub = impact_to_scores(M, "symmetric_prior", adjacent=0.0, right=0.0, hub=3.0, root=4) - prior
+    assert numpy.allclose(hub[4, [1, 2, 3, 5, 6]], 3.0) and hub[4, 4] == 0
+    assert numpy.allclose(numpy.delete(hub, 4, axis=0), 0.0)
+    assert numpy.allclose(impact_to_scores(M, "symmetric_prior", adjacent=0.0, right=0.0, hub=3.0), prior)
     assert impact_to_scores(numpy.zeros((2, 2)), "symmetric_prior").max() == 0
     for bad in (numpy.zeros((2, 3)), numpy.zeros(3)):
         with pytest.raises(KxError):

@@ -15,9 +15,10 @@ Three forms compute the same function (tests check them against a quadratic refe
 * ``linear_attention(..., causal=True)``: the chunked parallel form for training. The sequence
   is cut into chunks of ``chunk_size``; inside a chunk attention is computed quadratically
   (masked lower triangle), across chunks through the running state. ``algorithm="fused"`` is
-  one autograd Function with a hand-written backward (the intra-chunk scores and chunk states
-  recomputed, the state gradients scanned in reverse), worked through block by block over the
-  (batch, head) rows in buffers reused across blocks, with log-step scans over chunks;
+  one autograd Function with a hand-written backward (φ(q), φ(k), the intra-chunk scores and
+  the chunk states kept from the forward in pooled buffers, the state gradients scanned in
+  reverse), worked through block by block over the (batch, head) rows in buffers reused across
+  blocks, with blocked scans over chunks;
   ``algorithm="cumsum"`` computes every chunk's state at once with a cumulative sum over chunks
   (plain autograd, all rows at once); ``algorithm="loop"`` carries the state through a Python
   loop over chunks. None loops over time steps. ``"auto"`` is "fused" on the CPU (the fastest
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -177,8 +179,13 @@ def register_feature_map(name: str) -> Callable:
 @register_feature_map("elu")
 def _elu_plus_one() -> FeatureMap:
     # φ = elu(x) + 1: φ' = 1 for x > 0 (where φ > 1), exp(x) = φ for x <= 0: φ' = min(φ, 1)
-    return PointwiseFeatureMap("elu", lambda x: F.elu(x) + 1.0, lambda x: F.elu_(x).add_(1.0),
-                               lambda f: f.clamp_(max=1.0))
+    return PointwiseFeatureMap("elu", lambda x: F.elu(x) + 1.0, _elu_plus_one_, lambda f: f.clamp_(max=1.0))
+
+
+def _elu_plus_one_(x: Tensor) -> Tensor:
+    # elu(x) + 1 = exp(min(x, 0)) + max(x, 0): on the CPU a third faster than F.elu_ then + 1
+    pos = x.clamp_min(0.0)
+    return x.clamp_max_(0.0).exp_().add_(pos)
 
 
 @register_feature_map("relu")
@@ -375,11 +382,15 @@ def _causal_loop(fq, fk, v, c, s0, z0, normalize, eps):
 # The chunked causal form as one autograd Function with a hand-written backward, computed block by
 # block over the (batch × head) rows so that every intermediate of a block stays in the CPU's
 # cache, in buffers allocated once per call (fresh large allocations page-fault on every call,
-# which costs more than the arithmetic here). The backward recomputes the intra-chunk scores and
-# the chunk states (cheaper than keeping them) and scans the state gradients in reverse; the
-# normaliser is kept out of the value matmuls (an extra column of ones makes them 65 wide, which
-# halves MKL's speed). The prefix sums over chunks use a log-step scan: torch.cumsum over a
-# non-innermost dimension is an order of magnitude slower than the adds.
+# which costs more than the arithmetic here). When a backward follows, the forward writes φ(q),
+# φ(k), the intra-chunk scores and the chunk states into buffers lent from a per-thread pool
+# (they go back when the autograd node is freed), so the backward recomputes none of them
+# (bench: ~0.77x the fwd+bwd time of recomputing, T = 8192); it scans the state gradients in
+# reverse. The normaliser is kept out of the value matmuls (an extra column of ones makes them
+# 65 wide, which halves MKL's speed) and computed as (1, D) x (D, C) products (MKL is ~4x slower
+# on (C, D) x (D, 1)). The prefix sums over chunks are blocked scans (groups of ~√n chunks),
+# log-step for small states: torch.cumsum over a non-innermost dimension is an order of
+# magnitude slower than the adds.
 
 _FUSED_BLOCK_FLOATS = 1 << 19     # a block's (rows, length, width) tensors hold about this many floats
 
@@ -402,10 +413,17 @@ def _blocks(b: int, h: int, rb: int):
                 yield bi, bi + 1, h0, min(h, h0 + rb)
 
 
+_BLOCKED_SCAN_MIN = 1024          # per-chunk elements from which the blocked scan is used
+
+
 def _scan_(x: Tensor, tmp: Tensor, reverse: bool = False) -> Tensor:
-    """Inclusive prefix (or suffix) sums of x along dim 1, log2(n) passes; x and tmp are
-    overwritten; returns whichever of the two holds the result."""
+    """Inclusive prefix (or suffix) sums of x along dim 1; x and tmp are overwritten; returns
+    whichever of the two holds the result. Large per-chunk slices (the D×E states) use a blocked
+    scan in place (about 3 passes over memory instead of log2(n)), small ones log-step passes
+    (fewer, larger calls)."""
     n = x.shape[1]
+    if n >= 16 and x[0, 0].numel() >= _BLOCKED_SCAN_MIN and _blocked_scan_(x, reverse):
+        return x
     src, dst, s = x, tmp, 1
     while s < n:
         if reverse:
@@ -416,6 +434,31 @@ def _scan_(x: Tensor, tmp: Tensor, reverse: bool = False) -> Tensor:
             torch.add(src[:, s:], src[:, :n - s], out=dst[:, s:])
         src, dst, s = dst, src, 2 * s
     return src
+
+
+def _blocked_scan_(x: Tensor, reverse: bool) -> bool:
+    """In-place scan of x along dim 1 in groups of g (a divisor of n near √n): scans inside the
+    groups, then along the groups' last (reverse: first) elements, then one broadcast add of the
+    preceding group's total. False (x untouched) when n has no divisor in 4 … √n."""
+    n = x.shape[1]
+    g = max((k for k in range(4, math.isqrt(n) + 1) if n % k == 0), default=0)
+    if not g:
+        return False
+    nb = n // g
+    xv = x.view(x.shape[0], nb, g, *x.shape[2:])
+    if reverse:
+        for j in range(g - 2, -1, -1):
+            xv[:, :, j].add_(xv[:, :, j + 1])
+        for i in range(nb - 2, -1, -1):
+            xv[:, i, 0].add_(xv[:, i + 1, 0])
+        xv[:, :-1, 1:].add_(xv[:, 1:, :1])
+    else:
+        for j in range(1, g):
+            xv[:, :, j].add_(xv[:, :, j - 1])
+        for i in range(1, nb):
+            xv[:, i, g - 1].add_(xv[:, i - 1, g - 1])
+        xv[:, 1:, :g - 1].add_(xv[:, :-1, g - 1:])
+    return True
 
 
 def _shift_(dst: Tensor, x: Tensor, first: Optional[Tensor], reverse: bool = False) -> Tensor:
@@ -467,12 +510,46 @@ class _Workspace:
         return out.zero_() if zero else out
 
 
+#: the CPU pool of buffers lent to saved intermediates keeps at most this much (per thread, dtype)
+_SAVED_POOL_BYTES = 1 << 30
+_SAVED = threading.local()
+
+
+def _saved_pool(dtype: torch.dtype) -> Dict[int, List[Tensor]]:
+    pools = getattr(_SAVED, "pools", None)
+    if pools is None:
+        pools = _SAVED.pools = {}
+    return pools.setdefault(dtype, {})
+
+
+def _lend(like: Tensor, lent: List[Tensor], *shape: int) -> Tensor:
+    """A (shape) buffer for an intermediate the backward reads: on the CPU from a pool that gets
+    it back when the autograd node that saved it is freed (``_give_back``), because a fresh
+    buffer of tens of MiB page-faults on every call (~35 ms per 64 MiB here)."""
+    numel = math.prod(shape)
+    if like.device.type != "cpu":
+        return like.new_empty(shape)
+    free = _saved_pool(like.dtype).get(numel)
+    buf = free.pop() if free else like.new_empty(numel)
+    lent.append(buf)
+    return buf.view(*shape)
+
+
+def _give_back(pool: Dict[int, List[Tensor]], bufs: List[Tensor]) -> None:
+    kept = sum(b.numel() * b.element_size() for free in pool.values() for b in free)
+    for buf in bufs:
+        size = buf.numel() * buf.element_size()
+        if kept + size <= _SAVED_POOL_BYTES:
+            pool.setdefault(buf.numel(), []).append(buf)
+            kept += size
+
+
 def _load_features(ws: _Workspace, name: str, x: Tensor, fmap: "PointwiseFeatureMap", tp: int,
-                   mask: Optional[Tensor]) -> Tensor:
-    """φ(x) (times the mask) for a (Bb, Hh, T, D) block, into a (Bb·Hh, tp, D) buffer whose tail
-    beyond T is 0."""
+                   mask: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
+    """φ(x) (times the mask) for a (Bb, Hh, T, D) block, into a (Bb·Hh, tp, D) buffer (``out``, a
+    contiguous (Bb, Hh, tp, D) tensor, or the workspace's) whose tail beyond T is 0."""
     bb, hh, t, d = x.shape
-    buf = ws.get(name, bb * hh, tp, d)
+    buf = ws.get(name, bb * hh, tp, d) if out is None else out.view(bb * hh, tp, d)
     view = buf.view(bb, hh, tp, d)
     view[:, :, :t].copy_(x)
     fmap.fn_(buf)
@@ -496,22 +573,32 @@ def _load_values(ws: _Workspace, v: Tensor, tp: int) -> Tensor:
 
 
 def _fused_states(ws: _Workspace, fk: Tensor, vc: Tensor, r: int, n: int, s0: Optional[Tensor],
-                  z0: Optional[Tensor]):
-    """Per-chunk kv (r, n, D, E), key sums (r, n, D), and the states before each chunk."""
+                  z0: Optional[Tensor], prev_out: Optional[Tensor] = None,
+                  zprev_out: Optional[Tensor] = None):
+    """Per-chunk kv (r, n, D, E), key sums (r, n, D), and the states before each chunk (into
+    ``prev_out`` / ``zprev_out`` when given)."""
     c, d = fk.shape[1], fk.shape[2]
     e = vc.shape[2]
     kv = torch.bmm(fk.transpose(1, 2), vc, out=ws.get("kv", r * n, d, e)).view(r, n, d, e)
     ks = torch.sum(fk.view(r, n, c, d), 2, out=ws.get("ks", r, n, d))
-    prev = _scan_(_shift_(ws.get("prev", r, n, d, e), kv, s0), ws.get("scan", r, n, d, e))
-    zprev = _scan_(_shift_(ws.get("zprev", r, n, d), ks, z0), ws.get("zscan", r, n, d))
+    pbuf = ws.get("prev", r, n, d, e) if prev_out is None else prev_out.view(r, n, d, e)
+    prev = _scan_(_shift_(pbuf, kv, s0), ws.get("scan", r, n, d, e))
+    zbuf = ws.get("zprev", r, n, d) if zprev_out is None else zprev_out.view(r, n, d)
+    zprev = _scan_(_shift_(zbuf, ks, z0), ws.get("zscan", r, n, d))
+    if prev.data_ptr() != pbuf.data_ptr():
+        prev = pbuf.copy_(prev)
+    if zprev.data_ptr() != zbuf.data_ptr():
+        zprev = zbuf.copy_(zprev)
     return kv, ks, prev, zprev
 
 
 class _FusedCausal(torch.autograd.Function):
-    """Chunked causal linear attention on (B, H, T, D) inputs before the feature map."""
+    """Chunked causal linear attention on (B, H, T, D) inputs before the feature map. With
+    ``save`` (a backward will follow) the forward keeps φ(q), φ(k), the intra-chunk scores and
+    the chunk states (pooled buffers) for the backward instead of recomputing them there."""
 
     @staticmethod
-    def forward(ctx, q, k, v, m, s0, z0, fmap, c, normalize, eps):
+    def forward(ctx, q, k, v, m, s0, z0, fmap, c, normalize, eps, save):
         b, h, t, d = q.shape
         e = v.shape[-1]
         n = -(-t // c)
@@ -521,71 +608,86 @@ class _FusedCausal(torch.autograd.Function):
         s_fin = v.new_empty(b, h, d, e)
         z_fin = v.new_empty(b, h, d)
         ws = _Workspace(v)
+        lent: List[Tensor] = []
+        if save:
+            sfq, sfk = _lend(v, lent, b, h, tp, d), _lend(v, lent, b, h, tp, d)
+            sa, sprev, szprev = (_lend(v, lent, b, h, n, c, c), _lend(v, lent, b, h, n, d, e),
+                                 _lend(v, lent, b, h, n, d))
         for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), q.device)):
             r = (b1 - b0) * (h1 - h0)
             mb = None if m is None else m[b0:b1]
-            fq = _load_features(ws, "fq", q[b0:b1, h0:h1], fmap, tp, None).view(r * n, c, d)
-            fk = _load_features(ws, "fk", k[b0:b1, h0:h1], fmap, tp, mb).view(r * n, c, d)
-            vc = _load_values(ws, v[b0:b1, h0:h1], tp).view(r * n, c, e)
-            a = torch.bmm(fq, fk.transpose(1, 2), out=ws.get("a", r * n, c, c)).tril_()
+            blk = (slice(b0, b1), slice(h0, h1))
+            fq = _load_features(ws, "fq", q[blk], fmap, tp, None, sfq[blk] if save else None).view(r * n, c, d)
+            fk = _load_features(ws, "fk", k[blk], fmap, tp, mb, sfk[blk] if save else None).view(r * n, c, d)
+            vc = _load_values(ws, v[blk], tp).view(r * n, c, e)
+            a_out = sa[blk].view(r * n, c, c) if save else ws.get("a", r * n, c, c)
+            a = torch.bmm(fq, fk.transpose(1, 2), out=a_out).tril_()
             kv, ks, prev, zprev = _fused_states(ws, fk, vc, r, n, _rows(s0, b0, b1, h0, h1),
-                                                _rows(z0, b0, b1, h0, h1))
-            torch.add(prev[:, -1], kv[:, -1], out=s_fin[b0:b1, h0:h1].view(r, d, e))
-            torch.add(zprev[:, -1], ks[:, -1], out=z_fin[b0:b1, h0:h1].view(r, d))
+                                                _rows(z0, b0, b1, h0, h1), sprev[blk] if save else None,
+                                                szprev[blk] if save else None)
+            torch.add(prev[:, -1], kv[:, -1], out=s_fin[blk].view(r, d, e))
+            torch.add(zprev[:, -1], ks[:, -1], out=z_fin[blk].view(r, d))
             o = torch.bmm(fq, prev.view(r * n, d, e), out=ws.get("o", r * n, c, e)).baddbmm_(a, vc)
             o = o.view(r, tp, e)[:, :t]
-            den = torch.sum(a, -1, keepdim=True, out=ws.get("den", r * n, c, 1))
-            den.baddbmm_(fq, zprev.view(r * n, d, 1))
+            # φ(q)·z as a (1, D) x (D, C) product per chunk: MKL is ~4x slower on (C, D) x (D, 1)
+            den = torch.bmm(zprev.view(r * n, 1, d), fq.transpose(1, 2), out=ws.get("den", r * n, 1, c))
+            den.add_(torch.sum(a, -1, out=ws.get("asum", r * n, c)).view(r * n, 1, c))
             den = den.view(r, tp)[:, :t]
-            den_all[b0:b1, h0:h1].view(r, t).copy_(den)
-            yb = y[b0:b1, h0:h1]
+            den_all[blk].view(r, t).copy_(den)
+            yb = y[blk]
             if normalize:
                 torch.div(o, _safe_denominator(den, eps).unsqueeze(-1), out=yb.view(r, t, e))
             else:
                 yb.view(r, t, e).copy_(o)
             if mb is not None:
                 yb.mul_(mb)
-        ctx.save_for_backward(q, k, v, m, s0, z0, y, den_all)
-        ctx.cfg = (fmap, c, normalize, eps)
+        if save:
+            # q and k only for maps without a derivative (φ' by autograd from x)
+            qk = (q, k) if fmap.derivative_ is None else (None, None)
+            ctx.save_for_backward(*qk, v, m, s0, z0, y, den_all, sfq, sfk, sa, sprev, szprev)
+            if lent:
+                weakref.finalize(ctx, _give_back, _saved_pool(v.dtype), lent)
+        ctx.cfg = (fmap, c, normalize, eps, t)
         return y, s_fin, z_fin
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, gs_fin, gz_fin):
-        q, k, v, m, s0, z0, y, den_all = ctx.saved_tensors
-        fmap, c, normalize, eps = ctx.cfg
-        b, h, t, d = q.shape
+        q, k, v, m, s0, z0, y, den_all, sfq, sfk, sa, sprev, szprev = ctx.saved_tensors
+        fmap, c, normalize, eps, t = ctx.cfg
+        b, h, tp, d = sfq.shape
         e = v.shape[-1]
-        n = -(-t // c)
-        tp = n * c
+        n = tp // c
         need_q, need_k, need_v, _, need_s0, need_z0 = ctx.needs_input_grad[:6]
-        dq = q.new_empty(q.shape) if need_q else None
-        dk = k.new_empty(k.shape) if need_k else None
+        dq = v.new_empty(b, h, t, d) if need_q else None
+        dk = v.new_empty(b, h, t, d) if need_k else None
         dv = v.new_empty(v.shape) if need_v else None
         ds0 = s0.new_empty(s0.shape) if need_s0 else None
         dz0 = z0.new_empty(z0.shape) if need_z0 else None
         if gy is None:
             gy = y.new_zeros(()).expand(y.shape)
         ws = _Workspace(v)
-        for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), q.device)):
+        for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), v.device)):
             r = (b1 - b0) * (h1 - h0)
             bb, hh = b1 - b0, h1 - h0
+            blk = (slice(b0, b1), slice(h0, h1))
             mb = None if m is None else m[b0:b1]
-            fq = _load_features(ws, "fq", q[b0:b1, h0:h1], fmap, tp, None).view(r * n, c, d)
-            fk = _load_features(ws, "fk", k[b0:b1, h0:h1], fmap, tp, mb).view(r * n, c, d)
-            vc = _load_values(ws, v[b0:b1, h0:h1], tp).view(r * n, c, e)
+            fq, fk = sfq[blk].view(r * n, c, d), sfk[blk].view(r * n, c, d)
+            vc = _load_values(ws, v[blk], tp).view(r * n, c, e)
+            a = sa[blk].view(r * n, c, c)
+            prev, zprev = sprev[blk].view(r * n, d, e), szprev[blk].view(r * n, d)
             # the gradients of the numerator (go) and of the denominator (gden), 0 beyond T
-            g = gy[b0:b1, h0:h1]
+            g = gy[blk]
             if mb is not None:
                 g = torch.mul(g, mb, out=ws.get("g", bb, hh, t, e))
             go = ws.get("go", bb, hh, tp, e)
             gden = None
             if normalize:
-                raw = den_all[b0:b1, h0:h1].unsqueeze(-1)
+                raw = den_all[blk].unsqueeze(-1)
                 den = _safe_denominator(raw, eps)
                 torch.div(g, den, out=go[:, :, :t])
                 gden = ws.get("gden", bb, hh, tp, 1)
-                gy_ = torch.mul(g, y[b0:b1, h0:h1], out=ws.get("gy", bb, hh, t, e))
+                gy_ = torch.mul(g, y[blk], out=ws.get("gy", bb, hh, t, e))
                 torch.sum(gy_, -1, keepdim=True, out=gden[:, :, :t])
                 gden[:, :, :t].div_(den).neg_()
                 gden[:, :, :t].masked_fill_(raw.abs() < eps, 0.0)          # clamped: a constant
@@ -597,62 +699,60 @@ class _FusedCausal(torch.autograd.Function):
             if tp != t:
                 go[:, :, t:].zero_()
             go = go.view(r * n, c, e)
-            a = torch.bmm(fq, fk.transpose(1, 2), out=ws.get("a", r * n, c, c)).tril_()
-            kv, ks, prev, zprev = _fused_states(ws, fk, vc, r, n, _rows(s0, b0, b1, h0, h1),
-                                                _rows(z0, b0, b1, h0, h1))
             # state gradients: gs[n] = dS_final + Σ_{m>n} q_mᵀ go_m (the same for z)
             ds = torch.bmm(fq.transpose(1, 2), go, out=ws.get("ds", r * n, d, e)).view(r, n, d, e)
             gs = _scan_(_shift_(ws.get("gs", r, n, d, e), ds, None, reverse=True),
                         ws.get("gscan", r, n, d, e), reverse=True)
             if gs_fin is not None:
-                gs += gs_fin[b0:b1, h0:h1].reshape(r, 1, d, e)
+                gs += gs_fin[blk].reshape(r, 1, d, e)
             if ds0 is not None:
-                torch.add(gs[:, 0], ds[:, 0], out=ds0[b0:b1, h0:h1].view(r, d, e))
+                torch.add(gs[:, 0], ds[:, 0], out=ds0[blk].view(r, d, e))
             gz = None
             if gden is not None or gz_fin is not None:
                 dz = ws.get("dz", r, n, d, zero=gden is None)
-                if gden is not None:
-                    torch.bmm(fq.transpose(1, 2), gden, out=dz.view(r * n, d, 1))
+                if gden is not None:                    # (1, C) x (C, D): see the forward's den
+                    torch.bmm(gden.transpose(1, 2), fq, out=dz.view(r * n, 1, d))
                 gz = _scan_(_shift_(ws.get("gz", r, n, d), dz, None, reverse=True),
                             ws.get("gzscan", r, n, d), reverse=True)
                 if gz_fin is not None:
-                    gz += gz_fin[b0:b1, h0:h1].reshape(r, 1, d)
+                    gz += gz_fin[blk].reshape(r, 1, d)
                 if dz0 is not None:
-                    torch.add(gz[:, 0], dz[:, 0], out=dz0[b0:b1, h0:h1].view(r, d))
+                    torch.add(gz[:, 0], dz[:, 0], out=dz0[blk].view(r, d))
             elif dz0 is not None:
-                dz0[b0:b1, h0:h1] = 0.0
+                dz0[blk] = 0.0
             gs = gs.view(r * n, d, e)
             dp = torch.bmm(go, vc.transpose(1, 2), out=ws.get("dp", r * n, c, c))
             if gden is not None:
                 dp += gden
             dp.tril_()
             if need_v:
-                dvb = dv[b0:b1, h0:h1] if tp == t else ws.get("dv", bb, hh, tp, e)
+                dvb = dv[blk] if tp == t else ws.get("dv", bb, hh, tp, e)
                 dvc = torch.bmm(a.transpose(1, 2), go, out=dvb.view(r * n, c, e)).baddbmm_(fk, gs)
                 if tp != t:
-                    dv[b0:b1, h0:h1] = dvc.view(bb, hh, tp, e)[:, :, :t]
+                    dv[blk] = dvc.view(bb, hh, tp, e)[:, :, :t]
             dfk = dfq = None
             if need_k:
-                dkb = dk[b0:b1, h0:h1] if tp == t else ws.get("dk", bb, hh, tp, d)
+                dkb = dk[blk] if tp == t else ws.get("dk", bb, hh, tp, d)
                 dfk = torch.bmm(dp.transpose(1, 2), fq, out=dkb.view(r * n, c, d))
                 dfk.baddbmm_(vc, gs.transpose(1, 2))
                 if gz is not None:
                     dfk += gz.view(r * n, 1, d)
             if need_q:
-                dqb = dq[b0:b1, h0:h1] if tp == t else ws.get("dq", bb, hh, tp, d)
+                dqb = dq[blk] if tp == t else ws.get("dq", bb, hh, tp, d)
                 dfq = torch.bmm(dp, fk, out=dqb.view(r * n, c, d))
-                dfq.baddbmm_(go, prev.view(r * n, d, e).transpose(1, 2))
+                dfq.baddbmm_(go, prev.transpose(1, 2))
                 if gden is not None:
                     dfq.baddbmm_(gden, zprev.view(r * n, 1, d))
-            # φ' last: it overwrites the feature buffers
+            # φ' from a copy of the saved φ (the saved tensors stay intact for a second backward)
             shape = (bb, hh, tp, d)
-            if dfk is not None:
-                _chain_feature_grad(fmap, fk.view(shape), dfk.view(shape), k[b0:b1, h0:h1], mb, t,
-                                    dk[b0:b1, h0:h1])
-            if dfq is not None:
-                _chain_feature_grad(fmap, fq.view(shape), dfq.view(shape), q[b0:b1, h0:h1], None, t,
-                                    dq[b0:b1, h0:h1])
-        return dq, dk, dv, None, ds0, dz0, None, None, None, None
+            for dfeat, feats, x, mask, grad in ((dfk, fk, k, mb, dk), (dfq, fq, q, None, dq)):
+                if dfeat is not None:
+                    phi = feats.view(shape)
+                    if fmap.derivative_ is not None:
+                        phi = ws.get("phi", *shape).copy_(phi)
+                    _chain_feature_grad(fmap, phi, dfeat.view(shape), None if x is None else x[blk], mask, t,
+                                        grad[blk])
+        return dq, dk, dv, None, ds0, dz0, None, None, None, None, None
 
 
 def _rows(x: Optional[Tensor], b0: int, b1: int, h0: int, h1: int) -> Optional[Tensor]:
@@ -691,7 +791,8 @@ def _fused_supported(fmap: FeatureMap) -> bool:
 
 def _causal_fused(q, k, v, fmap, c, m, s0, z0, normalize, eps):
     """The fused form on (B, H, T, D) inputs before the feature map; returns (out, S, z)."""
-    return _FusedCausal.apply(q, k, v, m, s0, z0, fmap, c, normalize, eps)
+    save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, s0, z0))
+    return _FusedCausal.apply(q, k, v, m, s0, z0, fmap, c, normalize, eps, save)
 
 
 def _auto_algorithm(device: torch.device) -> str:

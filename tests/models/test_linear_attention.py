@@ -233,6 +233,62 @@ def test_fused_matches_cumsum_on_strided_inputs_and_custom_maps(fused_blocks):
             assert_close(out, ref)
 
 
+@pytest.mark.parametrize("t,chunk", [(64, 4), (100, 4), (34, 2)])
+def test_fused_blocked_scans_match_reference(t, chunk):
+    # D = E = 32: chunk states of 1,024 elements take the blocked scan (16 and 25 chunks), 17
+    # chunks (a prime) the log-step one
+    q, k, v = (x.requires_grad_() for x in qkv(b=1, h=2, t=t, d=32, e=32, seed=3))
+    mask = torch.rand(1, t, generator=torch.Generator().manual_seed(8)) > 0.2
+    out = linear_attention(q, k, v, causal=True, mask=mask, chunk_size=chunk, algorithm="fused")
+    grads = torch.autograd.grad((out * torch.cos(out)).sum(), (q, k, v))
+    q2, k2, v2 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference(q2, k2, v2, "elu", True, mask)
+    assert_close(out, ref)
+    refs = torch.autograd.grad((ref * torch.cos(ref)).sum(), (q2, k2, v2))
+    for g, r in zip(grads, refs):
+        assert_close(g, r, tol=1e-4 * max(1.0, r.abs().max().item()))
+
+
+@pytest.mark.parametrize("n", [16, 17, 25, 128])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_chunk_scans_are_prefix_and_suffix_sums(n, reverse):
+    from kx_spacy.models.linear_attention import _scan_
+
+    x = torch.randn(2, n, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    ref = x.flip(1).cumsum(1).flip(1) if reverse else x.cumsum(1)
+    assert_close(_scan_(x.clone(), torch.empty_like(x), reverse), ref, tol=1e-10)
+    small = x[:, :, 0, :3].contiguous()                     # few elements per chunk: log-step
+    ref = small.flip(1).cumsum(1).flip(1) if reverse else small.cumsum(1)
+    assert_close(_scan_(small.clone(), torch.empty_like(small), reverse), ref, tol=1e-10)
+
+
+def test_fused_saved_buffers_survive_a_second_backward_and_return_to_the_pool():
+    import kx_spacy.models.linear_attention as la
+
+    q, k, v = (x.requires_grad_() for x in qkv(t=21))
+    pool = la._saved_pool(torch.float32)
+
+    def pooled():
+        return sum(len(free) for free in pool.values())
+
+    out = linear_attention(q, k, v, causal=True, chunk_size=4, algorithm="fused")
+    first = torch.autograd.grad((out * out).sum(), (q, k, v), retain_graph=True)
+    second = torch.autograd.grad((out * out).sum(), (q, k, v))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    before = pooled()
+    del out                                   # the autograd node goes: its buffers are pooled
+    assert pooled() == before + 5
+    out = linear_attention(q, k, v, causal=True, chunk_size=4, algorithm="fused")
+    assert pooled() == before                 # the same shapes are served from the pool
+    again = torch.autograd.grad((out * out).sum(), (q, k, v))
+    for a, b in zip(first, again):
+        assert_close(a, b, tol=0.0)
+    with torch.no_grad():                     # no backward to come: nothing is lent
+        linear_attention(q, k, v, causal=True, chunk_size=4, algorithm="fused")
+    assert pooled() == before
+
+
 # ---------------------------------------------------------------- bad input: defined or clear errors
 def test_length_zero():
     q, k, v = qkv(t=0)

@@ -451,6 +451,55 @@ def _impacts_for_layer_sets(sentences, backbone, rows, sets, distance, batch_siz
             for mode in modes}
 
 
+@app.command("fit-root-predictor")
+def fit_root_predictor_cli(
+    conllu: Path = typer.Argument(..., help="Dev CoNLL-U whose gold roots the weights are fitted to."),
+    lang: str = typer.Option("en", help="Lexicon of kx_spacy.perturbed.roots.LEXICONS (en, zh)."),
+    max_words: int = typer.Option(0, help="Only sentences of at most this many non-punctuation words (0 = all)."),
+    l2: str = typer.Option("0.0001,0.0003,0.001", help="Comma-separated L2 penalties; the best by cross-validation on the file is kept."),
+    folds: int = typer.Option(5, help="Cross-validation folds for choosing l2."),
+    report: List[Path] = typer.Option([], "--report", help="Other CoNLL-U files to score the fitted predictor on (e.g. test; --max-words applies)."),
+    output: Path = typer.Option(Path("metrics/root_weights.json"), "--output", "-o", help="Weights and accuracies JSON."),
+    threads: int = typer.Option(DEFAULT_THREADS, help=THREADS_HELP),
+):
+    """Fit kx_spacy.LexicalRoot.v1 weights to a dev set's gold roots (how ROOT_WEIGHTS were made)."""
+    from ..errors import KxError
+    from ..perturbed.roots import LexicalRoot, cross_validated_accuracy, fit_root_weights, root_accuracy
+    from ..readers import read_conllu
+
+    set_threads(threads)
+    try:
+        penalties = [float(x) for x in l2.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--l2 takes comma-separated numbers, not {l2!r}")
+    if not penalties:
+        raise typer.BadParameter("--l2 is empty")
+
+    def load(path):
+        sents = [s for s in read_conllu(path, max_words=max_words) if len(s) > 0]
+        return [s.words for s in sents], [s.root for s in sents]
+
+    try:
+        words, roots = load(conllu)
+        cv = {p: cross_validated_accuracy(words, roots, lang, l2=p, folds=folds) for p in penalties}
+        best = max(penalties, key=lambda p: cv[p])
+        weights = fit_root_weights(words, roots, lang, l2=best)
+        predictor = LexicalRoot(lang, weights)
+        scored = {str(conllu): root_accuracy(predictor, words, roots)}
+        for path in report:
+            scored[str(path)] = root_accuracy(predictor, *load(path))
+    except KxError as err:
+        typer.echo(f"✘ {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(1)
+    for p in penalties:
+        typer.echo(f"l2 {p:g}: {folds}-fold CV root accuracy {100 * cv[p]:.1f}" + (" (chosen)" if p == best else ""))
+    for path, acc in scored.items():
+        typer.echo(f"{path}: root accuracy {100 * acc:.1f}")
+    _write_json({"lang": lang, "max_words": max_words, "l2": best, "cv": {str(p): v for p, v in cv.items()},
+                 "accuracy": scored, "weights": {k: round(v, 2) for k, v in weights.items()}}, output)
+    typer.echo(f"Wrote {output}")
+
+
 # ------------------------------------------------------------------ segmenter
 def evaluate_segmenter(
     nlp,

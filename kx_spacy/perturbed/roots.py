@@ -384,3 +384,18 @@ def root_accuracy(predictor: Callable, sentences: Sequence[Sequence[str]], roots
         M = numpy.zeros((len(words) + 1,) * 2) if matrices is None else matrices[k]
         hits += int(predict_root(M, predictor, words=list(words)) == int(root))
     return hits / len(sentences)
+
+
+def cross_validated_accuracy(sentences: Sequence[Sequence[str]], roots: Sequence[int], lang: str, *,
+                             l2: float = 3e-4, folds: int = 5) -> float:
+    """Root accuracy of ``fit_root_weights`` under k-fold cross-validation (sentence i is in
+    fold ``i % folds``; each fold scored by the weights fitted on the others)."""
+    if folds < 2 or folds > len(sentences):
+        raise KxError(f"cross_validated_accuracy: folds must be in 2..{len(sentences)}, not {folds}.")
+    hits = 0.0
+    for f in range(folds):
+        test = [i for i in range(len(sentences)) if i % folds == f]
+        train = [i for i in range(len(sentences)) if i % folds != f]
+        w = fit_root_weights([sentences[i] for i in train], [roots[i] for i in train], lang, l2=l2)
+        hits += root_accuracy(LexicalRoot(lang, w), [sentences[i] for i in test], [roots[i] for i in test]) * len(test)
+    return hits / len(sentences)

@@ -141,3 +141,40 @@ def test_fit_recovers_a_rule_and_scores_it():
         fit_root_weights([["a"]], [1], "en")
     with pytest.raises(KxError, match="no sentences"):
         root_accuracy(LexicalRoot("en"), [], [])
+
+
+def _conllu(sentences):
+    out = []
+    for words, root in sentences:
+        for i, w in enumerate(words, start=1):
+            head = 0 if i == root else root
+            out.append(f"{i}\t{w}\t{w}\tX\t_\t_\t{head}\t{'root' if head == 0 else 'dep'}\t_\t_")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def test_fit_root_predictor_command(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from kx_spacy.cli import app
+
+    # the root is the word after "the"; a second file to report on
+    sents = [(["a", "the", "cat", "b"], 3), (["the", "dog", "c"], 2), (["x", "y", "the", "bird"], 4),
+             (["the", "tree", "d", "e"], 2), (["f", "the", "house"], 3), (["g", "h", "the", "sun"], 4)]
+    dev, test = tmp_path / "dev.conllu", tmp_path / "test.conllu"
+    dev.write_text(_conllu(sents), encoding="utf8")
+    test.write_text(_conllu(sents[:2]), encoding="utf8")
+    out = tmp_path / "w.json"
+    res = CliRunner().invoke(app, ["fit-root-predictor", str(dev), "--l2", "0.001,0.01", "--folds", "3",
+                                   "--report", str(test), "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text(encoding="utf8"))
+    assert data["l2"] in (0.001, 0.01) and set(data["cv"]) == {"0.001", "0.01"}
+    assert data["accuracy"][str(dev)] == 1.0 and data["accuracy"][str(test)] == 1.0
+    assert data["weights"]["prev_det"] > 0 and "(chosen)" in res.output
+    bad = CliRunner().invoke(app, ["fit-root-predictor", str(dev), "--lang", "xx", "--folds", "3", "--output", str(out)])
+    assert bad.exit_code == 1 and "No root lexicon" in bad.output
+    bad = CliRunner().invoke(app, ["fit-root-predictor", str(dev), "--folds", "9", "--output", str(out)])
+    assert bad.exit_code == 1 and "folds" in bad.output

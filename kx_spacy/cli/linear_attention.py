@@ -28,11 +28,28 @@ def bench_attention_cli(
     stem: str = typer.Option("", help="Output file stem (default bench_attention_<device>)."),
     method_max_t: str = typer.Option("", help="Longest T per method, e.g. 'sdpa_noncausal=4096,kx_causal_loop=2048'."),
     memory_max_t: int = typer.Option(0, help="Measure peak memory only up to this T (0: all)."),
+    interleaved_t: int = typer.Option(0, help="CPU: instead, time kx causal and SDPA causal in turns at this T "
+                                              "(CPU and wall seconds, --repeats rounds) into <stem>.json."),
+    repeats: int = typer.Option(3, help="Rounds of --interleaved-t."),
 ):
     """Time kx linear attention (causal, non-causal) against torch SDPA (and fla), fwd and fwd+bwd,
     with peak memory, and decoding latency of the recurrent form against a KV-cache softmax."""
     from ..models.attention_benchmark import (CPU_LENGTHS, DECODE_POSITIONS, GPU_LENGTHS, format_table,
-                                              run_attention_benchmark, save_benchmark)
+                                              interleaved_ratio, run_attention_benchmark, save_benchmark)
+
+    if interleaved_t:
+        import json
+
+        if device != "cpu":
+            raise typer.BadParameter("--interleaved-t times the CPU (process clock) only", param_hint="--device")
+        res = interleaved_ratio(interleaved_t, repeats, chunk_size=chunk_size, threads=threads, progress=typer.echo)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path = output_dir / f"{stem or f'bench_attention_interleaved_{interleaved_t}'}.json"
+        path.write_text(json.dumps(res, indent=1))
+        for key, value in res["sdpa_over_kx"].items():
+            typer.echo(f"SDPA / kx {key}: {value:.2f}")
+        typer.echo(f"json: {path}")
+        return
 
     ts = _ints(lengths)
     if ts is None:

@@ -190,6 +190,46 @@ def _decode_latency(positions, d_model, n_heads, b, device, dtype, steps, budget
     return out
 
 
+def interleaved_ratio(t: int = 8192, repeats: int = 3, *, batch: int = 2, heads: int = 16, head_dim: int = 64,
+                      chunk_size: int = 64, threads: int = 1, progress: Optional[Callable[[str], None]] = None) -> Dict:
+    """kx causal (the CPU default, fused) against SDPA causal at one length, timed in turns in one
+    process (kx fwd, kx fwd+bwd, SDPA fwd, SDPA fwd+bwd; ``repeats`` rounds after a warm-up), in
+    CPU seconds of this process (fair on a loaded machine with one thread) and wall seconds.
+
+    RETURNS (Dict): medians in ms per method and clock, the SDPA / kx ratios and the load averages.
+    """
+    torch.set_num_threads(threads)
+    q, k, v = _inputs(batch, heads, t, head_dim, "cpu", torch.float32, True)
+    fns = _methods("cpu", chunk_size)
+    kx, sdpa = fns["kx_causal"], fns["sdpa_causal"]
+
+    def fwd(fn):
+        with torch.no_grad():
+            fn(q, k, v)
+
+    calls = {"kx_forward": lambda: fwd(kx), "kx_forward_backward": lambda: _fwd_bwd(kx, q, k, v),
+             "sdpa_forward": lambda: fwd(sdpa), "sdpa_forward_backward": lambda: _fwd_bwd(sdpa, q, k, v)}
+    calls["kx_forward"]()
+    calls["kx_forward_backward"]()
+    load_start = list(os.getloadavg())
+    times: Dict[str, Dict[str, List[float]]] = {name: {"cpu": [], "wall": []} for name in calls}
+    for i in range(repeats):
+        for name, call in calls.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            call()
+            times[name]["cpu"].append((time.process_time() - c0) * 1e3)
+            times[name]["wall"].append((time.perf_counter() - w0) * 1e3)
+        if progress is not None:
+            progress(f"round {i + 1}/{repeats}: " + "  ".join(
+                f"{n} {v['cpu'][-1]:.0f} / {v['wall'][-1]:.0f} ms" for n, v in times.items()))
+    med = {n: {clock: statistics.median(xs) for clock, xs in v.items()} for n, v in times.items()}
+    ratios = {f"{mode}_{clock}": med[f"sdpa_{mode}"][clock] / med[f"kx_{mode}"][clock]
+              for mode in ("forward", "forward_backward") for clock in ("cpu", "wall")}
+    return {"T": t, "batch": batch, "heads": heads, "head_dim": head_dim, "chunk_size": chunk_size,
+            "threads": threads, "repeats": repeats, "median_ms": med, "sdpa_over_kx": ratios, "times_ms": times,
+            "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())}
+
+
 def _fit_exponent(ts: List[int], ys: List[Optional[float]]) -> Optional[float]:
     pts = [(math.log(t), math.log(y)) for t, y in zip(ts, ys) if y is not None and y > 0]
     if len(pts) < 2:

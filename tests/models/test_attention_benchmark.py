@@ -1,5 +1,5 @@
 """bench-attention's library function on tiny lengths (no timing claims: shapes of the result)."""
-from kx_spacy.models.attention_benchmark import (format_table, measure_cpu_peak_memory_child,
+from kx_spacy.models.attention_benchmark import (format_table, interleaved_ratio, measure_cpu_peak_memory_child,
                                                  run_attention_benchmark, save_benchmark)
 
 
@@ -23,3 +23,10 @@ def test_benchmark_result_table_and_files(tmp_path):
 def test_cpu_peak_memory_of_one_point_is_measured():
     mib = measure_cpu_peak_memory_child("kx_causal", 64, 1, 2, 8, 16)
     assert mib >= 0.0
+
+
+def test_interleaved_ratio_times_every_call_in_both_clocks():
+    res = interleaved_ratio(32, 2, batch=1, heads=2, head_dim=8, chunk_size=8)
+    assert set(res["median_ms"]) == {"kx_forward", "kx_forward_backward", "sdpa_forward", "sdpa_forward_backward"}
+    assert all(len(v["cpu"]) == 2 and len(v["wall"]) == 2 for v in res["times_ms"].values())
+    assert all(r > 0 for r in res["sdpa_over_kx"].values())

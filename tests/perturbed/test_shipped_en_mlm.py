@@ -27,4 +27,4 @@ def test_kx_parser_runs_on_it():
     doc = nlp("The quick brown fox jumps over the lazy dog .")
     local = [-1] + [0 if t.head.i == t.i else t.head.i + 1 for t in doc]
     assert is_tree(local)
-    assert doc._.kx_parse["root_strategy"] == "scored"
+    assert doc._.kx_parse["root_strategy"] == "lexical-en"  # the language-aware default, English weights

@@ -105,14 +105,14 @@ def _decode_piece(out: List[bool], rules, join_lp, cut_lp, c0: int, c1: int, pri
     for i in range(m):
         if best[i] == -math.inf:
             continue
+        inside = 0.0  # joins inside the word: open pairs between its atoms (rule-joined pairs add 0)
         for j in range(i + 1, m + 1):
             length = ends[j - 1] - starts[i]
-            if j > i + 1 and length > max_len:
-                break
-            # joins inside the word: open pairs between its atoms (rule-joined pairs add 0)
-            sc = 0.0
-            for a in range(i + 1, j):
-                sc += join_lp[starts[a] - 1]
+            if j > i + 1:
+                if length > max_len:
+                    break
+                inside += join_lp[starts[j - 1] - 1]  # the word grew by atom j - 1
+            sc = inside
             if j < m:
                 sc += cut_lp[starts[j] - 1]
             sc += weight * prior[min(length, max_len) - 1] + bias

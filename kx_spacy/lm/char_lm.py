@@ -136,7 +136,9 @@ def make_optimizer(name: str, groups, *, lr: float, beta2: float = 0.99, momentu
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "paths": {"text": "../shared/data/tinyshakespeare/input.txt"},
     "model": {"attention": "linear", "d_model": 128, "n_layers": 4, "n_heads": 4, "context": 256,
-              "dropout": 0.0, "mlp_ratio": 4.0, "feature_map": "elu", "chunk_size": 64, "output_norm": False},
+              "dropout": 0.0, "mlp_ratio": 4.0, "feature_map": "elu", "chunk_size": 64, "output_norm": False,
+              "positions": "learned", "short_conv": 0,
+              "short_conv_at": "input"},
     "training": {"max_steps": 2000, "max_time_minutes": 5.0, "batch_size": 12, "lr": 1e-3, "min_lr_ratio": 0.1,
                  "warmup_steps": 100, "decay": "cosine", "weight_decay": 0.1, "optimizer": "adamw", "beta2": 0.99,
                  "momentum": 0.9,

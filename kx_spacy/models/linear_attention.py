@@ -393,12 +393,21 @@ def _causal_loop(fq, fk, v, c, s0, z0, normalize, eps):
 # magnitude slower than the adds.
 
 _FUSED_BLOCK_FLOATS = 1 << 19     # a block's (rows, length, width) tensors hold about this many floats
+_FUSED_GROUP_FLOATS = 1 << 15     # a group's (chunks, chunk, width) tensors: about this many (128 KiB)
 
 
 def _rows_per_block(rows: int, tp: int, width: int, device: torch.device) -> int:
     if device.type != "cpu":
         return rows
     return max(1, min(rows, _FUSED_BLOCK_FLOATS // max(1, tp * width)))
+
+
+def _groups(chunks: int, c: int, width: int, device: torch.device):
+    """Slices of a block's flattened (rows × chunks) axis: groups of chunks whose per-chunk
+    products stay in the CPU's L2 cache from one matmul to the next (the whole block elsewhere)."""
+    g = chunks if device.type != "cpu" else max(1, min(chunks, _FUSED_GROUP_FLOATS // max(1, c * width)))
+    for j0 in range(0, chunks, g):
+        yield slice(j0, min(chunks, j0 + g))
 
 
 def _blocks(b: int, h: int, rb: int):
@@ -592,6 +601,29 @@ def _fused_states(ws: _Workspace, fk: Tensor, vc: Tensor, r: int, n: int, s0: Op
     return kv, ks, prev, zprev
 
 
+def _flat_mask(ws: _Workspace, mb: Optional[Tensor], bb: int, hh: int, t: int, tp: int, c: int) -> Optional[Tensor]:
+    """The (Bb, 1, T, 1) padding mask of a block as (Bb·Hh·n, C, 1), one row per flattened chunk
+    row, 0 beyond T (None without a mask)."""
+    if mb is None:
+        return None
+    buf = ws.get("mask", bb, hh, tp, 1)
+    buf[:, :, :t].copy_(mb.expand(bb, hh, t, 1))
+    if tp != t:
+        buf[:, :, t:].zero_()
+    return buf.view(-1, c, 1)
+
+
+def _feature_grad_(fmap: "PointwiseFeatureMap", ws: _Workspace, feats: Tensor, dfeat: Tensor,
+                   mask: Optional[Tensor]) -> None:
+    """dfeat *= φ'(x) (· mask) in place, φ' from a copy of the saved φ ``feats`` (the saved
+    tensors stay intact for a second backward)."""
+    deriv = fmap.derivative_(ws.get("phi", *feats.shape).copy_(feats))
+    if deriv is not None:
+        dfeat.mul_(deriv)
+    if mask is not None:
+        dfeat.mul_(mask)
+
+
 class _FusedCausal(torch.autograd.Function):
     """Chunked causal linear attention on (B, H, T, D) inputs before the feature map. With
     ``save`` (a backward will follow) the forward keeps φ(q), φ(k), the intra-chunk scores and
@@ -604,7 +636,7 @@ class _FusedCausal(torch.autograd.Function):
         n = -(-t // c)
         tp = n * c
         y = v.new_empty(b, h, t, e)
-        den_all = v.new_empty(b, h, t)
+        den_all = v.new_empty(b, h, tp)
         s_fin = v.new_empty(b, h, d, e)
         z_fin = v.new_empty(b, h, d)
         ws = _Workspace(v)
@@ -614,33 +646,40 @@ class _FusedCausal(torch.autograd.Function):
             sa, sprev, szprev = (_lend(v, lent, b, h, n, c, c), _lend(v, lent, b, h, n, d, e),
                                  _lend(v, lent, b, h, n, d))
         for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), q.device)):
-            r = (b1 - b0) * (h1 - h0)
+            bb, hh = b1 - b0, h1 - h0
+            r = bb * hh
             mb = None if m is None else m[b0:b1]
             blk = (slice(b0, b1), slice(h0, h1))
             fq = _load_features(ws, "fq", q[blk], fmap, tp, None, sfq[blk] if save else None).view(r * n, c, d)
             fk = _load_features(ws, "fk", k[blk], fmap, tp, mb, sfk[blk] if save else None).view(r * n, c, d)
             vc = _load_values(ws, v[blk], tp).view(r * n, c, e)
-            a_out = sa[blk].view(r * n, c, c) if save else ws.get("a", r * n, c, c)
-            a = torch.bmm(fq, fk.transpose(1, 2), out=a_out).tril_()
             kv, ks, prev, zprev = _fused_states(ws, fk, vc, r, n, _rows(s0, b0, b1, h0, h1),
                                                 _rows(z0, b0, b1, h0, h1), sprev[blk] if save else None,
                                                 szprev[blk] if save else None)
             torch.add(prev[:, -1], kv[:, -1], out=s_fin[blk].view(r, d, e))
             torch.add(zprev[:, -1], ks[:, -1], out=z_fin[blk].view(r, d))
-            o = torch.bmm(fq, prev.view(r * n, d, e), out=ws.get("o", r * n, c, e)).baddbmm_(a, vc)
-            o = o.view(r, tp, e)[:, :t]
-            # φ(q)·z as a (1, D) x (D, C) product per chunk: MKL is ~4x slower on (C, D) x (D, 1)
-            den = torch.bmm(zprev.view(r * n, 1, d), fq.transpose(1, 2), out=ws.get("den", r * n, 1, c))
-            den.add_(torch.sum(a, -1, out=ws.get("asum", r * n, c)).view(r * n, 1, c))
-            den = den.view(r, tp)[:, :t]
-            den_all[blk].view(r, t).copy_(den)
+            prev, zprev = prev.view(r * n, d, e), zprev.view(r * n, 1, d)
+            sab = sa[blk].view(r * n, c, c) if save else None
             yb = y[blk]
-            if normalize:
-                torch.div(o, _safe_denominator(den, eps).unsqueeze(-1), out=yb.view(r, t, e))
-            else:
-                yb.view(r, t, e).copy_(o)
-            if mb is not None:
-                yb.mul_(mb)
+            ob = yb.view(r * n, c, e) if tp == t else ws.get("o", r * n, c, e)
+            denb = den_all[blk].view(r * n, c)
+            mk = _flat_mask(ws, mb, bb, hh, t, tp, c)
+            # chunk by chunk group: the scores, the output and the normaliser while φ(q) is in cache
+            for sl in _groups(r * n, c, max(c, d, e), q.device):
+                nc = sl.stop - sl.start
+                fq_g = fq[sl]
+                a = torch.bmm(fq_g, fk[sl].transpose(1, 2),
+                              out=sab[sl] if save else ws.get("a", nc, c, c)).tril_()
+                o = torch.bmm(fq_g, prev[sl], out=ob[sl]).baddbmm_(a, vc[sl])
+                # φ(q)·z as a (1, D) x (D, C) product per chunk: MKL is ~4x slower on (C, D) x (D, 1)
+                den = torch.bmm(zprev[sl], fq_g.transpose(1, 2), out=denb[sl].view(nc, 1, c)).view(nc, c)
+                den.add_(torch.sum(a, -1, out=ws.get("asum", nc, c)))
+                if normalize:
+                    o.div_(_safe_denominator(den, eps).unsqueeze(-1))
+                if mk is not None:
+                    o.mul_(mk[sl])
+            if tp != t:
+                yb.copy_(ob.view(bb, hh, tp, e)[:, :, :t])
         if save:
             # q and k only for maps without a derivative (φ' by autograd from x)
             qk = (q, k) if fmap.derivative_ is None else (None, None)
@@ -666,6 +705,7 @@ class _FusedCausal(torch.autograd.Function):
         dz0 = z0.new_empty(z0.shape) if need_z0 else None
         if gy is None:
             gy = y.new_zeros(()).expand(y.shape)
+        chain = fmap.derivative_ is not None          # φ' inside the group loop, else by autograd
         ws = _Workspace(v)
         for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), v.device)):
             r = (b1 - b0) * (h1 - h0)
@@ -675,7 +715,7 @@ class _FusedCausal(torch.autograd.Function):
             fq, fk = sfq[blk].view(r * n, c, d), sfk[blk].view(r * n, c, d)
             vc = _load_values(ws, v[blk], tp).view(r * n, c, e)
             a = sa[blk].view(r * n, c, c)
-            prev, zprev = sprev[blk].view(r * n, d, e), szprev[blk].view(r * n, d)
+            prev, zprev = sprev[blk].view(r * n, d, e), szprev[blk].view(r * n, 1, d)
             # the gradients of the numerator (go) and of the denominator (gden), 0 beyond T
             g = gy[blk]
             if mb is not None:
@@ -683,7 +723,7 @@ class _FusedCausal(torch.autograd.Function):
             go = ws.get("go", bb, hh, tp, e)
             gden = None
             if normalize:
-                raw = den_all[blk].unsqueeze(-1)
+                raw = den_all[blk][:, :, :t].unsqueeze(-1)
                 den = _safe_denominator(raw, eps)
                 torch.div(g, den, out=go[:, :, :t])
                 gden = ws.get("gden", bb, hh, tp, 1)
@@ -718,40 +758,44 @@ class _FusedCausal(torch.autograd.Function):
                     gz += gz_fin[blk].reshape(r, 1, d)
                 if dz0 is not None:
                     torch.add(gz[:, 0], dz[:, 0], out=dz0[blk].view(r, d))
+                gz = gz.view(r * n, 1, d)
             elif dz0 is not None:
                 dz0[blk] = 0.0
             gs = gs.view(r * n, d, e)
-            dp = torch.bmm(go, vc.transpose(1, 2), out=ws.get("dp", r * n, c, c))
-            if gden is not None:
-                dp += gden
-            dp.tril_()
-            if need_v:
-                dvb = dv[blk] if tp == t else ws.get("dv", bb, hh, tp, e)
-                dvc = torch.bmm(a.transpose(1, 2), go, out=dvb.view(r * n, c, e)).baddbmm_(fk, gs)
-                if tp != t:
-                    dv[blk] = dvc.view(bb, hh, tp, e)[:, :, :t]
-            dfk = dfq = None
-            if need_k:
-                dkb = dk[blk] if tp == t else ws.get("dk", bb, hh, tp, d)
-                dfk = torch.bmm(dp.transpose(1, 2), fq, out=dkb.view(r * n, c, d))
-                dfk.baddbmm_(vc, gs.transpose(1, 2))
-                if gz is not None:
-                    dfk += gz.view(r * n, 1, d)
-            if need_q:
-                dqb = dq[blk] if tp == t else ws.get("dq", bb, hh, tp, d)
-                dfq = torch.bmm(dp, fk, out=dqb.view(r * n, c, d))
-                dfq.baddbmm_(go, prev.transpose(1, 2))
+            dvb = None if dv is None else dv[blk].view(r * n, c, e) if tp == t else ws.get("dv", r * n, c, e)
+            dkb = None if dk is None else dk[blk].view(r * n, c, d) if tp == t else ws.get("dk", r * n, c, d)
+            dqb = None if dq is None else dq[blk].view(r * n, c, d) if tp == t else ws.get("dq", r * n, c, d)
+            mk = _flat_mask(ws, mb, bb, hh, t, tp, c) if chain and dk is not None else None
+            # chunk by chunk group: every product of a group's go, v, φ(q), φ(k) while they are in cache
+            for sl in _groups(r * n, c, max(c, d, e), v.device):
+                nc = sl.stop - sl.start
+                go_g, v_g, fq_g, fk_g = go[sl], vc[sl], fq[sl], fk[sl]
+                dp = torch.bmm(go_g, v_g.transpose(1, 2), out=ws.get("dp", nc, c, c))
                 if gden is not None:
-                    dfq.baddbmm_(gden, zprev.view(r * n, 1, d))
-            # φ' from a copy of the saved φ (the saved tensors stay intact for a second backward)
-            shape = (bb, hh, tp, d)
-            for dfeat, feats, x, mask, grad in ((dfk, fk, k, mb, dk), (dfq, fq, q, None, dq)):
-                if dfeat is not None:
-                    phi = feats.view(shape)
-                    if fmap.derivative_ is not None:
-                        phi = ws.get("phi", *shape).copy_(phi)
-                    _chain_feature_grad(fmap, phi, dfeat.view(shape), None if x is None else x[blk], mask, t,
-                                        grad[blk])
+                    dp += gden[sl]
+                dp.tril_()
+                if dvb is not None:
+                    torch.bmm(a[sl].transpose(1, 2), go_g, out=dvb[sl]).baddbmm_(fk_g, gs[sl])
+                if dkb is not None:
+                    dfk = torch.bmm(dp.transpose(1, 2), fq_g, out=dkb[sl]).baddbmm_(v_g, gs[sl].transpose(1, 2))
+                    if gz is not None:
+                        dfk += gz[sl]
+                    if chain:
+                        _feature_grad_(fmap, ws, fk_g, dfk, None if mk is None else mk[sl])
+                if dqb is not None:
+                    dfq = torch.bmm(dp, fk_g, out=dqb[sl]).baddbmm_(go_g, prev[sl].transpose(1, 2))
+                    if gden is not None:
+                        dfq.baddbmm_(gden[sl], zprev[sl])
+                    if chain:
+                        _feature_grad_(fmap, ws, fq_g, dfq, None)
+            for grad, buf, x, mask in ((dv, dvb, None, None), (dk, dkb, k, mb), (dq, dqb, q, None)):
+                if buf is None:
+                    continue
+                full = buf.view(bb, hh, tp, buf.shape[-1])
+                if x is not None and not chain:
+                    _chain_feature_grad(fmap, full, x[blk], mask, t, grad[blk])
+                elif tp != t:
+                    grad[blk] = full[:, :, :t]
         return dq, dk, dv, None, ds0, dz0, None, None, None, None, None
 
 
@@ -763,20 +807,11 @@ def _rows(x: Optional[Tensor], b0: int, b1: int, h0: int, h1: int) -> Optional[T
     return blk.reshape(-1, *blk.shape[2:])
 
 
-def _chain_feature_grad(fmap, feats: Tensor, dfeat: Tensor, x: Tensor, mask: Optional[Tensor],
-                        t: int, out: Tensor) -> None:
-    """out = dfeat · φ'(x) (· mask), (Bb, Hh, T, D); ``feats`` (the φ buffer) is overwritten."""
+def _chain_feature_grad(fmap, dfeat: Tensor, x: Tensor, mask: Optional[Tensor], t: int, out: Tensor) -> None:
+    """out = dfeat · φ'(x) (· mask), (Bb, Hh, T, D), for maps without ``derivative_``: autograd
+    through φ."""
     dfeat = dfeat[:, :, :t]
-    if fmap.derivative_ is not None:
-        deriv = fmap.derivative_(feats[:, :, :t])
-        if deriv is not None:
-            dfeat = dfeat.mul_(deriv)
-        if mask is not None:
-            dfeat = dfeat.mul_(mask)
-        if dfeat.data_ptr() != out.data_ptr():
-            out.copy_(dfeat)
-        return
-    with torch.enable_grad():                   # no derivative given: autograd through φ
+    with torch.enable_grad():
         xb = x.detach().requires_grad_()
         f = fmap.query(xb)
         if mask is not None:
@@ -1311,6 +1346,62 @@ def make_attention(kind: str, d_model: int, n_heads: int, **kwargs) -> nn.Module
 
 
 # ----------------------------------------------------------------------------- block and stack
+class ShortConv(nn.Module):
+    """A causal depthwise convolution over time, added to its input ("token shift" / short conv).
+
+    ``y_t = x_t + Σ_{j<kernel} w_j ⊙ x_{t-j}`` per channel (inputs before the sequence are the
+    carried ``past`` or zeros; masked positions count as zeros). The taps start at zero, so the
+    module starts as the identity and weight decay pulls it back there.
+
+    d_model (int): channels. kernel (int): taps (≥ 1), the current position included.
+    """
+
+    def __init__(self, d_model: int, kernel: int):
+        super().__init__()
+        if kernel < 1:
+            raise AttentionShapeError(f"short_conv kernel must be >= 1, got {kernel}")
+        self.kernel = int(kernel)
+        self.weight = nn.Parameter(torch.zeros(d_model, self.kernel))  # weight[:, -1]: the current position
+
+    def init_past(self, batch: int, device=None, dtype=torch.float32) -> Tensor:
+        """The empty carry: (batch, kernel - 1, d_model) zeros."""
+        return torch.zeros(batch, self.kernel - 1, self.weight.shape[0], device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, past: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+        """x (Tensor): (B, T, d). mask (Optional[Tensor]): (B, T) bool. past: (B, kernel-1, d).
+        RETURNS (Tuple[Tensor, Tensor]): y (B, T, d) and the new past (the last kernel-1 inputs)."""
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        if past is None:
+            past = self.init_past(x.shape[0], device=x.device, dtype=x.dtype)
+        if x.shape[1] == 0:
+            return x, past
+        xp = torch.cat([past.to(x.dtype), x], dim=1)
+        w = self.weight.to(x.dtype)
+        y = x + F.conv1d(xp.transpose(1, 2), w[:, None, :], groups=w.shape[0]).transpose(1, 2)
+        return y, xp[:, xp.shape[1] - (self.kernel - 1):]
+
+    def step(self, x_t: Tensor, past: Tensor, mask_t: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """x_t (Tensor): (B, d). RETURNS: y_t (B, d) and the new past."""
+        if mask_t is not None:
+            x_t = x_t * mask_t[:, None].to(x_t.dtype)
+        xp = torch.cat([past.to(x_t.dtype), x_t[:, None]], dim=1)
+        y = x_t + (xp * self.weight.to(x_t.dtype).t()[None]).sum(1)
+        return y, xp[:, 1:]
+
+
+@dataclass
+class BlockState:
+    """A block's attention state and its short convolution's carry (the last kernel-1 inputs)."""
+
+    attn: object
+    conv: Tensor
+
+    def index_select(self, index: Tensor) -> "BlockState":
+        return BlockState(self.attn.index_select(index), self.conv.index_select(0, index))
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)).
 
@@ -1319,13 +1410,24 @@ class TransformerBlock(nn.Module):
     causal (bool): causal attention (enables step / init_state).
     mlp_ratio (float): hidden width of the MLP / d_model.
     dropout (float): dropout on the attention and MLP outputs.
+    short_conv (int): 0 (none) or the kernel of a causal depthwise ``ShortConv`` (causal blocks
+        only; its carry joins the state as ``BlockState``).
+    short_conv_at (str): where: "input" (the block's input, x ← conv(x): attention and MLP both see
+        it, as RWKV's token shift) or "attention" (the attention's input, attn(conv(LN(x)))).
     **attention_kwargs: passed to the attention module (feature_map, chunk_size, ...).
     """
 
     def __init__(self, d_model: int, n_heads: int, *, attention: str = "linear", causal: bool = False,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, **attention_kwargs):
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, short_conv: int = 0, short_conv_at: str = "input",
+                 **attention_kwargs):
         super().__init__()
+        if short_conv and not causal:
+            raise AttentionShapeError("short_conv is a causal convolution: use it with causal=True")
+        if short_conv_at not in ("input", "attention"):
+            raise AttentionShapeError(f"short_conv_at must be 'input' or 'attention', not {short_conv_at!r}")
+        self.short_conv_at = short_conv_at
         self.ln1 = nn.LayerNorm(d_model)
+        self.conv = ShortConv(d_model, short_conv) if short_conv else None
         self.attn = make_attention(attention, d_model, n_heads, causal=causal, **attention_kwargs)
         self.ln2 = nn.LayerNorm(d_model)
         hidden = max(1, int(round(mlp_ratio * d_model)))
@@ -1335,19 +1437,44 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, state=None, return_state: bool = False):
         """x (Tensor): (B, T, d_model). RETURNS: (B, T, d_model) [, state]."""
-        res = self.attn(self.ln1(x), mask, state=state, return_state=return_state) \
-            if (state is not None or return_state) else self.attn(self.ln1(x), mask)
+        past = None
+        if self.conv is not None:
+            if self.short_conv_at == "input":
+                x, past = self.conv(x, mask, None if state is None else state.conv)
+                h = self.ln1(x)
+            else:
+                h, past = self.conv(self.ln1(x), mask, None if state is None else state.conv)
+            state = None if state is None else state.attn
+        else:
+            h = self.ln1(x)
+        res = self.attn(h, mask, state=state, return_state=return_state) \
+            if (state is not None or return_state) else self.attn(h, mask)
         a, new_state = res if return_state else (res, None)
+        if return_state and self.conv is not None:
+            new_state = BlockState(new_state, past)
         x = x + self.drop(a)
         x = x + self.drop(self.mlp(self.ln2(x)))
         return (x, new_state) if return_state else x
 
     def init_state(self, batch: int, device=None):
-        return self.attn.init_state(batch, device=device)
+        state = self.attn.init_state(batch, device=device)
+        if self.conv is None:
+            return state
+        device = device if device is not None else self.conv.weight.device
+        return BlockState(state, self.conv.init_past(batch, device=device))
 
     def step(self, x_t: Tensor, state, mask_t: Optional[Tensor] = None):
         """x_t (Tensor): (B, d_model). RETURNS: (y_t, state)."""
-        a, state = self.attn.step(self.ln1(x_t), state, mask_t)
+        if self.conv is not None:
+            if self.short_conv_at == "input":
+                x_t, past = self.conv.step(x_t, state.conv, mask_t)
+                h = self.ln1(x_t)
+            else:
+                h, past = self.conv.step(self.ln1(x_t), state.conv, mask_t)
+            a, attn_state = self.attn.step(h, state.attn, mask_t)
+            state = BlockState(attn_state, past)
+        else:
+            a, state = self.attn.step(self.ln1(x_t), state, mask_t)
         x_t = x_t + self.drop(a)
         x_t = x_t + self.drop(self.mlp(self.ln2(x_t)))
         return x_t, state
@@ -1381,17 +1508,20 @@ class AttentionStack(nn.Module):
     d_model, n_heads, attention, causal, mlp_ratio, dropout, **attention_kwargs: per block.
     positions (str): "none" or "sinusoidal" (added to the input; no length limit).
     final_norm (bool): a LayerNorm after the last block.
+    short_conv (int), short_conv_at (str): each block's causal ``ShortConv`` (0: none).
     """
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, *, attention: str = "linear",
                  causal: bool = False, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 positions: str = "none", final_norm: bool = True, **attention_kwargs):
+                 positions: str = "none", final_norm: bool = True, short_conv: int = 0,
+                 short_conv_at: str = "input", **attention_kwargs):
         super().__init__()
         if positions not in ("none", "sinusoidal"):
             raise AttentionShapeError(f"positions must be 'none' or 'sinusoidal', not {positions!r}")
         self.blocks = nn.ModuleList(
             TransformerBlock(d_model, n_heads, attention=attention, causal=causal, mlp_ratio=mlp_ratio,
-                             dropout=dropout, **attention_kwargs)
+                             dropout=dropout, short_conv=short_conv, short_conv_at=short_conv_at,
+                             **attention_kwargs)
             for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model) if final_norm else None

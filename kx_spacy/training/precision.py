@@ -31,9 +31,21 @@ def resolve_device(device: Optional[str] = None, local_rank: int = 0) -> torch.d
     if device is None:
         use_cuda = torch.cuda.is_available() and os.environ.get("KX_FORCE_CPU") != "1"
         device = "cuda" if use_cuda else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise PrecisionError(f"Unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            # otherwise torch fails deep inside with "torch._C has no attribute _cuda_setDevice"
+            raise PrecisionError(
+                f"The config asks for device {device!r}, but torch sees no CUDA device (a CPU build of "
+                "torch, or no GPU here): set the training device to null (auto) or 'cpu', e.g. "
+                "--training.device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise PrecisionError(f"Device {dev} does not exist: torch sees {torch.cuda.device_count()} GPU(s)")
     return dev
 
 

@@ -26,3 +26,12 @@ def test_policy_on_a_gpu():
     gpu = torch.device("cuda", 0)
     assert resolve_precision("auto", gpu) in ("bf16", "fp32")
     assert Precision.create("fp16", gpu).grad_scaler() is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with pytest.raises(PrecisionError, match="no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(PrecisionError, match="Unknown device"):
+        resolve_device("tpu:0")
+

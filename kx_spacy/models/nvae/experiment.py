@@ -36,6 +36,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "batch_size": 64, "lr": 1e-2, "lr_min_ratio": 0.01, "warmup_steps": 100,
         "weight_decay": 3e-4, "eps": 1e-3, "kl_anneal_portion": 0.3, "kl_constant_portion": 1e-4,
         "kl_min": 1e-4, "kl_balance": True, "reg_coeff": 1e-2,
+        "reg_every": 1,
     },
     "baseline": {
         "enabled": True, "hidden": [200, 200], "latent": 50, "batch_size": 100, "lr": 1e-3,
@@ -48,7 +49,7 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     },
     "evaluation": {
         "test_seed": TEST_SEED, "k": 1000, "num_images": 2000, "batch_size": 2000,
-        "marks_k": 100, "marks_num_images": 500, "baseline_num_images": 0,
+        "marks_k": 100, "marks_num_images": 500, "baseline_num_images": 0, "holdout": 0,
     },
     "sampling": {
         "temperatures": [0.6, 0.8, 1.0], "num_samples": 64, "readjust_bn": True,
@@ -142,6 +143,25 @@ def test_images(data_dir: Union[str, Path], limit: int, seed: int) -> torch.Tens
     return torch.from_numpy(binarize_fixed(first(load_mnist_test(data_dir), limit), seed=seed))
 
 
+def split_holdout(train: "Any", holdout: int, data_dir: Union[str, Path], seed: int):
+    """``(training images, eval_images(limit))``: with ``holdout`` > 0 the last ``holdout``
+    training images are kept out of training and ``eval_images`` gives the first ``limit`` of
+    them, binarised once with ``seed`` like the test images (for development pilots: choices
+    made on them never see the test set); with 0 it gives the test images."""
+    if holdout < 0 or holdout >= len(train):
+        raise NVAEError(f"[evaluation] holdout must be in [0, {len(train)}) (the training images), got {holdout}")
+    if not holdout:
+        return train, lambda limit: test_images(data_dir, limit, seed)
+    held = train[-holdout:]
+
+    def eval_images(limit: int) -> torch.Tensor:
+        if limit > holdout:
+            raise NVAEError(f"{limit} evaluation images asked for, [evaluation] holdout keeps {holdout}")
+        return torch.from_numpy(binarize_fixed(first(held, limit), seed=seed))
+
+    return train[:-holdout], eval_images
+
+
 def _engine():
     """The shared training engine (kx_spacy.training.Trainer / TrainingConfig)."""
     from ...training import Trainer, TrainingConfig, WarmupDecay
@@ -164,7 +184,7 @@ def train_one(kind: str, cfg: Dict[str, Dict[str, Any]], train: "Any", output_di
         task = NVAETask(
             model, train, int(n["batch_size"]), n["kl_anneal_portion"],
             n["kl_constant_portion"], n["kl_min"], bool(n["kl_balance"]), n["reg_coeff"],
-            seed=int(t["seed"]), marks=marks,
+            seed=int(t["seed"]), marks=marks, reg_every=int(n["reg_every"]),
         )
         def opt(m):
             return torch.optim.Adamax(m.parameters(), lr=n["lr"], eps=n["eps"], weight_decay=n["weight_decay"],
@@ -286,14 +306,17 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
     output_dir = Path(output_dir)
     train = load_mnist_train(data_dir)
     seed = int(e["test_seed"])
-    images_final = test_images(data_dir, int(e["num_images"]), seed)
+    train, eval_images = split_holdout(train, int(e["holdout"]), data_dir, seed)
+    images_final = eval_images(int(e["num_images"]))
     n_marks = int(e["marks_num_images"]) or images_final.shape[0]
-    images_marks = images_final[:n_marks] if n_marks <= images_final.shape[0] else \
-        test_images(data_dir, n_marks, seed)
+    images_marks = images_final[:n_marks] if n_marks <= images_final.shape[0] else eval_images(n_marks)
     if int(t["num_threads"]):
         torch.set_num_threads(int(t["num_threads"]))
     metrics: Dict[str, Any] = {
         "binarisation": BINARISATION.format(seed=seed),
+        "evaluated_on": (f"held-out training images (the last {int(e['holdout'])}, not trained on; "
+                         "binarised once like the test images): a development run, not a test figure"
+                         if int(e["holdout"]) else "test images"),
         "time_budget_seconds": max_seconds,
         "clock": t["clock"],
         "num_threads": int(t["num_threads"]),
@@ -314,7 +337,7 @@ def run_experiment(cfg: Optional[Dict[str, Any]], data_dir: Union[str, Path], ou
         metrics["rows"] += evaluate_snapshots(kind, cfg, run["task"], run["module"], images_final,
                                               images_marks, log)
         if kind == "baseline" and int(e["baseline_num_images"]) > images_final.shape[0]:
-            wide = test_images(data_dir, int(e["baseline_num_images"]), seed)
+            wide = eval_images(int(e["baseline_num_images"]))
             res = importance_weighted_nll(unwrap(run["module"]), wide, k=int(e["k"]),
                                           batch_size=int(e["batch_size"]))
             row = {"model": kind, "mark_seconds": None, "train_seconds": round(run["progress"].elapsed_s, 1),

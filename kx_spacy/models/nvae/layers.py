@@ -156,7 +156,25 @@ class FactorizedReduce(nn.Module):
             WNConv2d(in_channels, s, 1, stride=2, bias=True) for s in sizes
         )
 
+    #: where each part's 1×1 kernel reads in the 2×2 window of the fused form (row, column)
+    OFFSETS = ((0, 0), (1, 1), (0, 1), (1, 0))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One 2×2 stride-2 convolution on the padded input whose kernel is zero except each
+        # part's 1×1 kernel at that part's pixel of the 2×2 window: the same function and
+        # gradients as the four shifted 1×1 convolutions and their concatenation
+        # (forward_plain, tested equal), in one convolution instead of four slices, four
+        # convolutions and a copy (~2.5× cheaper on one CPU thread at 8 → 16 channels, 28×28).
+        x = F.silu(x)
+        shifted = F.pad(x, (0, 1, 0, 1))  # H + 1: the 2×2 stride-2 output size is ceil(H / 2)
+        kernels = []
+        for conv, (r, c) in zip(self.convs, self.OFFSETS):
+            kernels.append(F.pad(conv.effective_weight(), (c, 1 - c, r, 1 - r)))
+        bias = torch.cat([conv.bias for conv in self.convs])
+        return F.conv2d(shifted, torch.cat(kernels), bias, stride=2)
+
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference form: four shifted 1×1 stride-2 convolutions, concatenated."""
         x = F.silu(x)
         shifted = F.pad(x, (0, 1, 0, 1))
         outs: List[torch.Tensor] = [

@@ -300,3 +300,26 @@ def test_bn_momentum_is_the_papers():
     model = NVAE(NVAEConfig.tiny())
     moms = {m.momentum for m in model._bns}
     assert moms == {0.05}
+
+
+@pytest.mark.parametrize("size", [28, 7])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_factorized_reduce_as_one_conv_equals_four_shifted_convs(size, channels_last):
+    """The fused 2×2 stride-2 form gives the four shifted 1×1 convolutions' output and
+    gradients (even and odd sizes, both memory formats)."""
+    from kx_spacy.models.nvae.layers import FactorizedReduce
+
+    torch.manual_seed(0)
+    fr = FactorizedReduce(4, 10)  # parts 2, 2, 2, 4
+    x = torch.randn(3, 4, size, size)
+    if channels_last:
+        fr = fr.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = fr(x1), fr.forward_plain(x2)
+    assert y1.shape == (3, 10, (size + 1) // 2, (size + 1) // 2)
+    assert torch.allclose(y1, y2, atol=1e-6)
+    g = torch.randn_like(y1)
+    params = list(fr.parameters())
+    for a, b in zip(torch.autograd.grad(y1, [x1] + params, g), torch.autograd.grad(y2, [x2] + params, g)):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -179,3 +179,34 @@ def test_cli_train_evaluate_sample(tmp_path):
     assert r.exit_code == 1 and "temperature" in r.output
     r = runner.invoke(app, ["train-nvae", str(tmp_path / "missing.cfg"), str(tmp_path / "run2")])
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_reg_every_adds_the_regularisers_on_every_nth_step_only(tmp_path):
+    torch.manual_seed(0)
+    task = NVAETask(NVAE(NVAEConfig.tiny()), _images(), batch_size=8, reg_every=3)
+    _train(task, tmp_path, 5, {"nvae": True})
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if s["kind"] == "step"]
+    assert ["spectral" in s for s in steps] == [True, False, False, True, False]
+    assert task.module.nvae.spectral.calls.item() == 2  # the power iteration advanced twice
+    with pytest.raises(NVAEError, match="reg_every"):
+        NVAETask(NVAE(NVAEConfig.tiny()), _images(), batch_size=8, reg_every=0)
+
+
+def test_holdout_keeps_the_last_training_images_for_evaluation(tmp_path):
+    from kx_spacy.models.nvae.experiment import split_holdout, test_images
+
+    write_fake_mnist(tmp_path / "data")
+    imgs = _images(30)
+    train, held = split_holdout(imgs, 5, tmp_path / "data", 0)
+    assert np.array_equal(train, imgs[:25])
+    h = held(3)
+    assert h.shape == (3, 1, 28, 28) and set(h.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(h, held(5)[:3])  # binarised once, the same images every time
+    with pytest.raises(NVAEError, match="holdout keeps 5"):
+        held(6)
+    train, test = split_holdout(imgs, 0, tmp_path / "data", 0)
+    assert train is imgs and torch.equal(test(4), test_images(tmp_path / "data", 4, 0))
+    for bad in (-1, 30):
+        with pytest.raises(NVAEError, match="holdout"):
+            split_holdout(imgs, bad, tmp_path / "data", 0)

@@ -119,15 +119,20 @@ class PointwiseFeatureMap(FeatureMap):
         into φ'(x) in place (None: φ' = 1 everywhere). Only maps whose derivative is a function
         of their output can give it; without ``fn_`` and ``derivative_`` the fused form
         differentiates φ with autograd instead (slower, same result).
+    fn_into (Optional[Callable[[Tensor, Tensor, Tensor], Tensor]]): ``fn_into(x, out, scratch)``
+        writes φ(x) into ``out`` (``scratch``: a buffer of x's shape it may overwrite), so that
+        the fused form reads x once instead of copying it first (None: copy, then ``fn_``).
     """
 
     def __init__(self, name: str, fn: Callable[[Tensor], Tensor],
                  fn_: Optional[Callable[[Tensor], Tensor]] = None,
-                 derivative_: Optional[Callable[[Tensor], Optional[Tensor]]] = None):
+                 derivative_: Optional[Callable[[Tensor], Optional[Tensor]]] = None,
+                 fn_into: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None):
         self.name = name
         self.fn = fn
         self.fn_ = fn_
         self.derivative_ = derivative_
+        self.fn_into = fn_into
 
     def query(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -179,7 +184,8 @@ def register_feature_map(name: str) -> Callable:
 @register_feature_map("elu")
 def _elu_plus_one() -> FeatureMap:
     # φ = elu(x) + 1: φ' = 1 for x > 0 (where φ > 1), exp(x) = φ for x <= 0: φ' = min(φ, 1)
-    return PointwiseFeatureMap("elu", lambda x: F.elu(x) + 1.0, _elu_plus_one_, lambda f: f.clamp_(max=1.0))
+    return PointwiseFeatureMap("elu", lambda x: F.elu(x) + 1.0, _elu_plus_one_, lambda f: f.clamp_(max=1.0),
+                               _elu_plus_one_into)
 
 
 def _elu_plus_one_(x: Tensor) -> Tensor:
@@ -188,15 +194,23 @@ def _elu_plus_one_(x: Tensor) -> Tensor:
     return x.clamp_max_(0.0).exp_().add_(pos)
 
 
+def _elu_plus_one_into(x: Tensor, out: Tensor, scratch: Tensor) -> Tensor:
+    # the same sums as _elu_plus_one_, without a copy of x and without allocating
+    torch.clamp_min(x, 0.0, out=scratch)
+    return torch.clamp_max(x, 0.0, out=out).exp_().add_(scratch)
+
+
 @register_feature_map("relu")
 def _relu() -> FeatureMap:
     # φ' = 1 where φ > 0, else 0 (torch's convention at 0): sign(φ)
-    return PointwiseFeatureMap("relu", F.relu, F.relu_, lambda f: f.sign_())
+    return PointwiseFeatureMap("relu", F.relu, F.relu_, lambda f: f.sign_(),
+                               lambda x, out, scratch: torch.clamp_min(x, 0.0, out=out))
 
 
 @register_feature_map("identity")
 def _identity() -> FeatureMap:
-    return PointwiseFeatureMap("identity", lambda x: x, lambda x: x, lambda f: None)
+    return PointwiseFeatureMap("identity", lambda x: x, lambda x: x, lambda f: None,
+                               lambda x, out, scratch: out.copy_(x))
 
 
 @register_feature_map("separate_softmax")
@@ -393,7 +407,7 @@ def _causal_loop(fq, fk, v, c, s0, z0, normalize, eps):
 # magnitude slower than the adds.
 
 _FUSED_BLOCK_FLOATS = 1 << 19     # a block's (rows, length, width) tensors hold about this many floats
-_FUSED_GROUP_FLOATS = 1 << 15     # a group's (chunks, chunk, width) tensors: about this many (128 KiB)
+_FUSED_GROUP_FLOATS = 1 << 19     # a group's (chunks, chunk, width) tensors: about this many (see below)
 
 
 def _rows_per_block(rows: int, tp: int, width: int, device: torch.device) -> int:
@@ -553,6 +567,46 @@ def _give_back(pool: Dict[int, List[Tensor]], bufs: List[Tensor]) -> None:
             kept += size
 
 
+#: the CPU pool of output buffers keeps at most this much (per thread, dtype)
+_OUTPUT_POOL_BYTES = 1 << 29
+_OUTPUTS = threading.local()
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _use_count(buf: Tensor) -> int:
+    return _storage_use_count(buf.untyped_storage()._cdata)
+
+
+def _output(like: Tensor, *shape: int) -> Tensor:
+    """A new (shape) output tensor: on the CPU, memory of an earlier output that nothing refers to
+    any more (the caller dropped it, autograd freed the graph that saved it, ``.grad`` was
+    cleared), because fresh memory page-faults on its first write (~35 ms per 64 MiB here: about
+    a tenth of the forward+backward at T = 8192). A pooled buffer is handed out only when the
+    use count of its storage is what it was when only the pool held it: no tensor, view or
+    ``.grad`` still shares it."""
+    numel = math.prod(shape)
+    if like.device.type != "cpu" or _storage_use_count is None or numel == 0:
+        return like.new_empty(shape)
+    pools = getattr(_OUTPUTS, "pools", None)
+    if pools is None:
+        pools = _OUTPUTS.pools = {}
+    pool = pools.setdefault(like.dtype, {})
+    for buf, alone in pool.get(numel, ()):
+        if _use_count(buf) == alone:
+            return _on(buf, shape)
+    buf = like.new_empty(numel)
+    kept = sum(b.numel() for bufs in pool.values() for b, _ in bufs) * buf.element_size()
+    if kept + numel * buf.element_size() <= _OUTPUT_POOL_BYTES:
+        pool.setdefault(numel, []).append((buf, _use_count(buf)))
+    return _on(buf, shape)
+
+
+def _on(buf: Tensor, shape) -> Tensor:
+    # a tensor on buf's storage that is not a view of buf (autograd would refuse in-place
+    # changes of a view created inside a custom Function)
+    return buf.new_empty(0).set_(buf.untyped_storage(), 0, shape)
+
+
 def _load_features(ws: _Workspace, name: str, x: Tensor, fmap: "PointwiseFeatureMap", tp: int,
                    mask: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
     """φ(x) (times the mask) for a (Bb, Hh, T, D) block, into a (Bb·Hh, tp, D) buffer (``out``, a
@@ -560,8 +614,11 @@ def _load_features(ws: _Workspace, name: str, x: Tensor, fmap: "PointwiseFeature
     bb, hh, t, d = x.shape
     buf = ws.get(name, bb * hh, tp, d) if out is None else out.view(bb * hh, tp, d)
     view = buf.view(bb, hh, tp, d)
-    view[:, :, :t].copy_(x)
-    fmap.fn_(buf)
+    if getattr(fmap, "fn_into", None) is not None:
+        fmap.fn_into(x, view[:, :, :t], ws.get("scratch", bb, hh, t, d))
+    else:
+        view[:, :, :t].copy_(x)
+        fmap.fn_(buf)
     if tp != t:
         view[:, :, t:].zero_()
     if mask is not None:
@@ -635,8 +692,7 @@ class _FusedCausal(torch.autograd.Function):
         e = v.shape[-1]
         n = -(-t // c)
         tp = n * c
-        y = v.new_empty(b, h, t, e)
-        den_all = v.new_empty(b, h, tp)
+        y = _output(v, b, h, t, e)
         s_fin = v.new_empty(b, h, d, e)
         z_fin = v.new_empty(b, h, d)
         ws = _Workspace(v)
@@ -645,6 +701,7 @@ class _FusedCausal(torch.autograd.Function):
             sfq, sfk = _lend(v, lent, b, h, tp, d), _lend(v, lent, b, h, tp, d)
             sa, sprev, szprev = (_lend(v, lent, b, h, n, c, c), _lend(v, lent, b, h, n, d, e),
                                  _lend(v, lent, b, h, n, d))
+        den_all = _lend(v, lent, b, h, tp) if save else None
         for b0, b1, h0, h1 in _blocks(b, h, _rows_per_block(b * h, tp, max(d, e), q.device)):
             bb, hh = b1 - b0, h1 - h0
             r = bb * hh
@@ -662,7 +719,7 @@ class _FusedCausal(torch.autograd.Function):
             sab = sa[blk].view(r * n, c, c) if save else None
             yb = y[blk]
             ob = yb.view(r * n, c, e) if tp == t else ws.get("o", r * n, c, e)
-            denb = den_all[blk].view(r * n, c)
+            denb = den_all[blk].view(r * n, c) if save else ws.get("den", r * n, c)
             mk = _flat_mask(ws, mb, bb, hh, t, tp, c)
             # chunk by chunk group: the scores, the output and the normaliser while φ(q) is in cache
             for sl in _groups(r * n, c, max(c, d, e), q.device):
@@ -698,9 +755,9 @@ class _FusedCausal(torch.autograd.Function):
         e = v.shape[-1]
         n = tp // c
         need_q, need_k, need_v, _, need_s0, need_z0 = ctx.needs_input_grad[:6]
-        dq = v.new_empty(b, h, t, d) if need_q else None
-        dk = v.new_empty(b, h, t, d) if need_k else None
-        dv = v.new_empty(v.shape) if need_v else None
+        dq = _output(v, b, h, t, d) if need_q else None
+        dk = _output(v, b, h, t, d) if need_k else None
+        dv = _output(v, *v.shape) if need_v else None
         ds0 = s0.new_empty(s0.shape) if need_s0 else None
         dz0 = z0.new_empty(z0.shape) if need_z0 else None
         if gy is None:

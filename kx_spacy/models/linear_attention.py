@@ -469,17 +469,20 @@ def _blocked_scan_(x: Tensor, reverse: bool) -> bool:
         return False
     nb = n // g
     xv = x.view(x.shape[0], nb, g, *x.shape[2:])
+    cols = xv.unbind(2)                       # all the views in one call (indexing costs ~10 µs each)
     if reverse:
         for j in range(g - 2, -1, -1):
-            xv[:, :, j].add_(xv[:, :, j + 1])
+            cols[j].add_(cols[j + 1])
+        ends = cols[0].unbind(1)
         for i in range(nb - 2, -1, -1):
-            xv[:, i, 0].add_(xv[:, i + 1, 0])
+            ends[i].add_(ends[i + 1])
         xv[:, :-1, 1:].add_(xv[:, 1:, :1])
     else:
         for j in range(1, g):
-            xv[:, :, j].add_(xv[:, :, j - 1])
+            cols[j].add_(cols[j - 1])
+        ends = cols[g - 1].unbind(1)
         for i in range(1, nb):
-            xv[:, i, g - 1].add_(xv[:, i - 1, g - 1])
+            ends[i].add_(ends[i - 1])
         xv[:, 1:, :g - 1].add_(xv[:, :-1, g - 1:])
     return True
 

@@ -255,6 +255,15 @@ def _safe_denominator(d: Tensor, eps: float) -> Tensor:
     return torch.where(d.abs() < eps, sign * eps, d)
 
 
+def _clamped(d: Tensor, eps: float) -> Optional[Tensor]:
+    """The fused form's test for ``_safe_denominator``: the positions where |d| < eps, or None
+    when there are none (the usual case; on the CPU the check costs no device sync)."""
+    small = d.abs() < eps
+    if d.device.type == "cpu" and not bool(small.any()):
+        return None
+    return small
+
+
 def _acc(x: Tensor) -> Tensor:
     """x in an accumulation dtype: fp32, or fp64 when x is fp64."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
@@ -404,10 +413,17 @@ def _causal_loop(fq, fk, v, c, s0, z0, normalize, eps):
 # 65 wide, which halves MKL's speed) and computed as (1, D) x (D, C) products (MKL is ~4x slower
 # on (C, D) x (D, 1)). The prefix sums over chunks are blocked scans (groups of ~√n chunks),
 # log-step for small states: torch.cumsum over a non-innermost dimension is an order of
-# magnitude slower than the adds.
+# magnitude slower than the adds. The outputs (y, and dq, dk, dv in the backward) take the memory
+# of earlier outputs that nothing refers to any more (``_output``): a fresh 64 MiB output
+# page-faults for ~35 ms on its first write: four of them were ~0.14 s of a ~1 s forward+backward
+# at T = 8192. φ is written straight from q and k (``fn_into``). Inside a block, the per-chunk
+# products can run over groups of chunks (``_FUSED_GROUP_FLOATS``) to keep them in L2; measured
+# here (2 cores, loaded) that was no faster than whole blocks (the 64×64 products are
+# compute-bound at ~50 GF/s), so by default a group is the block. Chunk 64 beat 32 and 128 at
+# T = 8192, D = 64 (0.69 s vs 0.76 s / 0.80 s forward+backward, one process, CPU time).
 
 _FUSED_BLOCK_FLOATS = 1 << 19     # a block's (rows, length, width) tensors hold about this many floats
-_FUSED_GROUP_FLOATS = 1 << 19     # a group's (chunks, chunk, width) tensors: about this many (see below)
+_FUSED_GROUP_FLOATS = 1 << 19     # a group's (chunks, chunk, width) tensors: about this many (see above)
 
 
 def _rows_per_block(rows: int, tp: int, width: int, device: torch.device) -> int:
@@ -583,8 +599,8 @@ def _use_count(buf: Tensor) -> int:
 def _output(like: Tensor, *shape: int) -> Tensor:
     """A new (shape) output tensor: on the CPU, memory of an earlier output that nothing refers to
     any more (the caller dropped it, autograd freed the graph that saved it, ``.grad`` was
-    cleared), because fresh memory page-faults on its first write (~35 ms per 64 MiB here: about
-    a tenth of the forward+backward at T = 8192). A pooled buffer is handed out only when the
+    cleared), because fresh memory page-faults on its first write (~35 ms per 64 MiB here; y, dq,
+    dk, dv were ~0.14 s of a ~1 s forward+backward at T = 8192). A pooled buffer is handed out only when the
     use count of its storage is what it was when only the pool held it: no tensor, view or
     ``.grad`` still shares it."""
     numel = math.prod(shape)
@@ -735,7 +751,7 @@ class _FusedCausal(torch.autograd.Function):
                 den = torch.bmm(zprev[sl], fq_g.transpose(1, 2), out=denb[sl].view(nc, 1, c)).view(nc, c)
                 den.add_(torch.sum(a, -1, out=ws.get("asum", nc, c)))
                 if normalize:
-                    o.div_(_safe_denominator(den, eps).unsqueeze(-1))
+                    o.div_((den if _clamped(den, eps) is None else _safe_denominator(den, eps)).unsqueeze(-1))
                 if mk is not None:
                     o.mul_(mk[sl])
             if tp != t:
@@ -784,13 +800,15 @@ class _FusedCausal(torch.autograd.Function):
             gden = None
             if normalize:
                 raw = den_all[blk][:, :, :t].unsqueeze(-1)
-                den = _safe_denominator(raw, eps)
+                small = _clamped(raw, eps)
+                den = raw if small is None else _safe_denominator(raw, eps)
                 torch.div(g, den, out=go[:, :, :t])
                 gden = ws.get("gden", bb, hh, tp, 1)
                 gy_ = torch.mul(g, y[blk], out=ws.get("gy", bb, hh, t, e))
                 torch.sum(gy_, -1, keepdim=True, out=gden[:, :, :t])
                 gden[:, :, :t].div_(den).neg_()
-                gden[:, :, :t].masked_fill_(raw.abs() < eps, 0.0)          # clamped: a constant
+                if small is not None:
+                    gden[:, :, :t].masked_fill_(small, 0.0)                   # clamped: a constant
                 if tp != t:
                     gden[:, :, t:].zero_()
                 gden = gden.view(r * n, c, 1)

@@ -103,3 +103,15 @@ def test_char_lm_positions_and_short_conv(positions):
         assert lm(torch.randint(0, 11, (1, 20))).shape == (1, 20, 11)
     with pytest.raises(ValueError, match="positions"):
         CharLM(11, 8, 16, 1, 2, positions="rope")
+
+
+def test_lm_config_passes_positions_and_short_conv():
+    from kx_spacy.lm.char_lm import build_char_lm, load_lm_config
+
+    cfg = load_lm_config(None, {"model.d_model": 16, "model.n_layers": 1, "model.n_heads": 2, "model.context": 8,
+                                "model.positions": "none", "model.short_conv": 3, "model.short_conv_at": "attention"})
+    for attention in ("linear", "softmax"):
+        cfg["model"]["attention"] = attention
+        lm = build_char_lm(cfg, 7)
+        block = lm.stack.blocks[0]
+        assert lm.pos is None and block.conv.kernel == 3 and block.short_conv_at == "attention"

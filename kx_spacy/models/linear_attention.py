@@ -525,8 +525,8 @@ _KEPT = threading.local()
 class _Workspace:
     """Named buffers, allocated on first use and reused by every block of a call. On the CPU,
     buffers of at most ``_WORKSPACE_KEEP_BYTES`` are also kept for the next call (per thread,
-    per dtype): a fresh allocation of a few MiB page-faults again on every call. A workspace is
-    used only inside one forward or backward, never returned."""
+    per dtype, apart inside inference_mode): a fresh allocation of a few MiB page-faults again on
+    every call. A workspace is used only inside one forward or backward, never returned."""
 
     def __init__(self, like: Tensor):
         self.like = like
@@ -536,7 +536,8 @@ class _Workspace:
             pool = getattr(_KEPT, "pool", None)
             if pool is None:
                 pool = _KEPT.pool = {}
-            self.kept = pool.setdefault(like.dtype, {})
+            # buffers made under inference_mode are inference tensors: never reused outside it
+            self.kept = pool.setdefault((like.dtype, torch.is_inference_mode_enabled()), {})
 
     def get(self, name: str, *shape: int, zero: bool = False) -> Tensor:
         numel = math.prod(shape)
@@ -609,7 +610,7 @@ def _output(like: Tensor, *shape: int) -> Tensor:
     pools = getattr(_OUTPUTS, "pools", None)
     if pools is None:
         pools = _OUTPUTS.pools = {}
-    pool = pools.setdefault(like.dtype, {})
+    pool = pools.setdefault((like.dtype, torch.is_inference_mode_enabled()), {})   # see _Workspace
     for buf, alone in pool.get(numel, ()):
         if _use_count(buf) == alone:
             return _on(buf, shape)

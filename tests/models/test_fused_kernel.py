@@ -54,3 +54,19 @@ def test_pooled_outputs_are_reused_only_when_nothing_refers_to_them():
     for t, g in zip((q, k, v), g1):
         assert torch.allclose(t.grad, 2 * g, atol=1e-5)
     assert torch.equal(y2, keep * 0 + keep)
+
+
+def test_buffers_made_under_inference_mode_do_not_leak_into_training():
+    # kept workspace buffers and pooled outputs made inside inference_mode are inference tensors;
+    # in-place use of them outside it would raise
+    q, k, v = (t.float() for t in _qkv(t=40, seed=3))
+    with torch.inference_mode():
+        ref = linear_attention(q, k, v, causal=True, chunk_size=8, algorithm="fused").clone()
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = linear_attention(*x, causal=True, chunk_size=8, algorithm="fused")
+    out.sum().backward()
+    assert torch.allclose(out, ref, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(linear_attention(q, k, v, causal=True, chunk_size=8, algorithm="fused"), ref, atol=1e-6)
+    with torch.inference_mode():
+        assert torch.allclose(linear_attention(q, k, v, causal=True, chunk_size=8, algorithm="fused"), ref, atol=1e-6)

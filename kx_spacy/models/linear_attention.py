@@ -18,7 +18,8 @@ Three forms compute the same function (tests check them against a quadratic refe
   one autograd Function with a hand-written backward (φ(q), φ(k), the intra-chunk scores and
   the chunk states kept from the forward in pooled buffers, the state gradients scanned in
   reverse), worked through block by block over the (batch, head) rows in buffers reused across
-  blocks, with blocked scans over chunks;
+  blocks, with blocked scans over chunks, its outputs in the memory of earlier outputs that
+  nothing refers to any more (CPU);
   ``algorithm="cumsum"`` computes every chunk's state at once with a cumulative sum over chunks
   (plain autograd, all rows at once); ``algorithm="loop"`` carries the state through a Python
   loop over chunks. None loops over time steps. ``"auto"`` is "fused" on the CPU (the fastest

@@ -78,6 +78,8 @@ __all__ = [
     "AttentionStack",
     "StackState",
     "fla_available",
+    "release_cpu_buffers",
+    "set_cpu_buffer_limits",
 ]
 
 DEFAULT_EPS = 1e-6
@@ -620,6 +622,42 @@ def _output(like: Tensor, *shape: int) -> Tensor:
     if kept + numel * buf.element_size() <= _OUTPUT_POOL_BYTES:
         pool.setdefault(numel, []).append((buf, _use_count(buf)))
     return _on(buf, shape)
+
+
+def release_cpu_buffers() -> int:
+    """Free this thread's CPU buffers kept by the fused causal form between calls (workspace,
+    saved intermediates, pooled outputs; up to ~1.5 GiB at long T) and return how many bytes the
+    pools held. Call it after a long-sequence job in a process that goes on to other work;
+    ``set_cpu_buffer_limits`` caps the pools instead. Buffers still in use are not affected."""
+    held = 0
+    for local, attr in ((_KEPT, "pool"), (_SAVED, "pools"), (_OUTPUTS, "pools")):
+        pools = getattr(local, attr, None) or {}
+        for pool in pools.values():
+            for item in pool.values():
+                bufs = item if isinstance(item, list) else [item]
+                for b in bufs:
+                    b = b[0] if isinstance(b, tuple) else b
+                    held += b.numel() * b.element_size()
+        if pools:
+            setattr(local, attr, {})
+    return held
+
+
+def set_cpu_buffer_limits(saved_bytes: Optional[int] = None, output_bytes: Optional[int] = None,
+                          workspace_bytes: Optional[int] = None) -> None:
+    """Cap what the fused causal form keeps between calls, per thread and dtype (0: keep
+    nothing, every call allocates afresh: slower at long T, by the page faults of new memory)."""
+    global _SAVED_POOL_BYTES, _OUTPUT_POOL_BYTES, _WORKSPACE_KEEP_BYTES
+    for name, value in (("saved_bytes", saved_bytes), ("output_bytes", output_bytes),
+                        ("workspace_bytes", workspace_bytes)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise AttentionKernelError(f"{name} must be a non-negative int, not {value!r}")
+    if saved_bytes is not None:
+        _SAVED_POOL_BYTES = saved_bytes
+    if output_bytes is not None:
+        _OUTPUT_POOL_BYTES = output_bytes
+    if workspace_bytes is not None:
+        _WORKSPACE_KEEP_BYTES = workspace_bytes
 
 
 def _on(buf: Tensor, shape) -> Tensor:

@@ -70,3 +70,26 @@ def test_buffers_made_under_inference_mode_do_not_leak_into_training():
         assert torch.allclose(linear_attention(q, k, v, causal=True, chunk_size=8, algorithm="fused"), ref, atol=1e-6)
     with torch.inference_mode():
         assert torch.allclose(linear_attention(q, k, v, causal=True, chunk_size=8, algorithm="fused"), ref, atol=1e-6)
+
+
+def test_buffer_pools_can_be_released_and_capped(monkeypatch):
+    for name in ("_SAVED_POOL_BYTES", "_OUTPUT_POOL_BYTES", "_WORKSPACE_KEEP_BYTES"):
+        monkeypatch.setattr(la, name, getattr(la, name))            # restored after the test
+    q, k, v = _qkv(t=64, seed=3)
+
+    def fwd_bwd():
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = linear_attention(*x, causal=True, chunk_size=8, algorithm="fused")
+        return out.detach(), [g.detach() for g in torch.autograd.grad(out.sum(), x)]
+
+    ref_out, ref_grads = fwd_bwd()
+    la.release_cpu_buffers()
+    fwd_bwd()
+    assert la.release_cpu_buffers() > 0                  # the call above left buffers in the pools
+    assert la.release_cpu_buffers() == 0                  # and they are gone
+    la.set_cpu_buffer_limits(saved_bytes=0, output_bytes=0, workspace_bytes=0)
+    out, grads = fwd_bwd()
+    assert la.release_cpu_buffers() == 0                  # nothing kept under zero limits
+    assert torch.equal(out, ref_out) and all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+    with pytest.raises(la.AttentionKernelError):
+        la.set_cpu_buffer_limits(output_bytes=-1)

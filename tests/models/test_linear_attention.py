@@ -504,27 +504,32 @@ def test_softmax_twin_matches_reference_and_shares_parameters(causal):
             assert_close(torch.stack(ys, 1) * keep, soft(x, mask) * keep)
 
 
+def check_stack_step_and_prefill(stack, x, split, tol=2e-5):
+    """A causal stack's forward equals stepping token by token and a prefill of ``split`` tokens
+    continued from its state, and reordering the state (beams) reorders the rows. RETURNS: y."""
+    t = x.shape[1]
+    with torch.no_grad():
+        y = stack(x)
+        state, ys = stack.init_state(x.shape[0]), []
+        for i in range(t):
+            yt, state = stack.step(x[:, i], state)
+            ys.append(yt)
+        assert_close(torch.stack(ys, 1), y, tol=tol)
+        assert state.position == t
+        y1, s1 = stack(x[:, :split], return_state=True)
+        y2 = stack(x[:, split:], state=s1)
+        assert_close(torch.cat([y1, y2], 1), y, tol=tol)
+        flipped = s1.index_select(torch.tensor([1, 0]))
+        assert_close(stack(x.flip(0)[:, split:], state=flipped), y2.flip(0), tol=tol)
+    return y
+
+
 @pytest.mark.parametrize("attention", ["linear", "softmax"])
 def test_stack_forward_step_and_prefill_agree(attention):
     torch.manual_seed(3)
     stack = AttentionStack(2, 16, 2, attention=attention, causal=True, positions="sinusoidal", chunk_size=4)
     stack.eval()
-    x = torch.randn(2, 9, 16)
-    with torch.no_grad():
-        y = stack(x)
-        state, ys = stack.init_state(2), []
-        for t in range(9):
-            yt, state = stack.step(x[:, t], state)
-            ys.append(yt)
-        assert_close(torch.stack(ys, 1), y, tol=2e-5)
-        assert state.position == 9
-        y1, s1 = stack(x[:, :5], return_state=True)
-        y2 = stack(x[:, 5:], state=s1)
-        assert_close(torch.cat([y1, y2], 1), y, tol=2e-5)
-        # beam reordering keeps the rows' states
-        flipped = s1.index_select(torch.tensor([1, 0]))
-        y2f = stack(x.flip(0)[:, 5:], state=flipped)
-        assert_close(y2f, y2.flip(0), tol=2e-5)
+    check_stack_step_and_prefill(stack, torch.randn(2, 9, 16), split=5)
 
 
 def test_block_trains_and_noncausal_is_permutation_equivariant():

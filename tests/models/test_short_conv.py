@@ -6,6 +6,8 @@ from kx_spacy.errors import AttentionShapeError
 from kx_spacy.models.char_lm import CharLM
 from kx_spacy.models.linear_attention import AttentionStack, ShortConv, TransformerBlock
 
+from test_linear_attention import check_stack_step_and_prefill  # noqa: E402  (tests/models is on sys.path)
+
 
 def _reference(conv, x, mask=None):
     w = conv.weight.detach().double()
@@ -70,18 +72,7 @@ def test_stack_with_short_conv_forward_step_prefill_agree(attention, chunk, at):
             b.conv.weight.normal_(std=0.5)
     stack.eval()
     x = torch.randn(2, 9, 16)
-    with torch.no_grad():
-        y = stack(x)
-        state, ys = stack.init_state(2), []
-        for t in range(9):
-            yt, state = stack.step(x[:, t], state)
-            ys.append(yt)
-        torch.testing.assert_close(torch.stack(ys, 1), y, atol=2e-5, rtol=0)
-        y1, s1 = stack(x[:, :4], return_state=True)
-        y2 = stack(x[:, 4:], state=s1)
-        torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=2e-5, rtol=0)
-        flipped = s1.index_select(torch.tensor([1, 0]))
-        torch.testing.assert_close(stack(x.flip(0)[:, 4:], state=flipped), y2.flip(0), atol=2e-5, rtol=0)
+    y = check_stack_step_and_prefill(stack, x, split=4)
     if attention == "linear" and chunk == 3:  # the chunk size changes nothing
         other = AttentionStack(2, 16, 2, attention="linear", causal=True, short_conv=3, short_conv_at=at,
                                chunk_size=64)

@@ -631,16 +631,21 @@ def release_cpu_buffers() -> int:
     ``set_cpu_buffer_limits`` caps the pools instead. Buffers still in use are not affected."""
     held = 0
     for local, attr in ((_KEPT, "pool"), (_SAVED, "pools"), (_OUTPUTS, "pools")):
-        pools = getattr(local, attr, None) or {}
-        for pool in pools.values():
-            for item in pool.values():
-                bufs = item if isinstance(item, list) else [item]
-                for b in bufs:
-                    b = b[0] if isinstance(b, tuple) else b
-                    held += b.numel() * b.element_size()
-        if pools:
-            setattr(local, attr, {})
+        held += sum(b.numel() * b.element_size() for b in _tensors(getattr(local, attr, None)))
+        setattr(local, attr, {})
     return held
+
+
+def _tensors(pools):
+    """Every tensor in a pool structure (nested dicts, lists and (buffer, count) pairs)."""
+    if isinstance(pools, Tensor):
+        yield pools
+    elif isinstance(pools, dict):
+        for item in pools.values():
+            yield from _tensors(item)
+    elif isinstance(pools, (list, tuple)):
+        for item in pools:
+            yield from _tensors(item)
 
 
 def set_cpu_buffer_limits(saved_bytes: Optional[int] = None, output_bytes: Optional[int] = None,
